@@ -1,0 +1,53 @@
+"""Named errors under one root, and the lazy import of optional dependencies.
+
+Every error says what is wrong and how to fix it. Nothing here imports torch or an LLM library.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+__all__ = [
+    "LLMRLError",
+    "ConfigError",
+    "DependencyNotInstalled",
+    "UnknownEnvError",
+    "CheckpointError",
+    "optional_import",
+]
+
+
+class LLMRLError(Exception):
+    """Root of every error llmrl raises on purpose."""
+
+
+class ConfigError(LLMRLError, ValueError):
+    """A configuration value is invalid; the message names the field, the value and the fix."""
+
+
+class DependencyNotInstalled(LLMRLError, ImportError):
+    """An optional dependency is missing; the message gives the pip command that installs it."""
+
+
+class UnknownEnvError(LLMRLError, ValueError):
+    """An environment id is not registered; the message suggests close ids."""
+
+
+class CheckpointError(LLMRLError, OSError):
+    """A checkpoint folder is missing, incomplete or was written by an incompatible version."""
+
+
+def optional_import(module: str, extra: str, *, package: str | None = None) -> ModuleType:
+    """Import `module` or raise DependencyNotInstalled naming the llmrl extra that provides it.
+
+    >>> optional_import("json", "dev").__name__
+    'json'
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise DependencyNotInstalled(
+            f"{package or module.split('.')[0]} is not installed; it is needed here. "
+            f"Install it with: pip install 'llmrl[{extra}]'"
+        ) from err
