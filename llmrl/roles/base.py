@@ -113,7 +113,7 @@ class RoleWrapper(gym.Wrapper):
         if self.is_vector:
             self._starts = term | trunc
             return obs, rewards, term, trunc, info
-        self._starts = np.ones(1, dtype=bool)  # the next call is reset()
+        # single env: the next start is marked by reset(), which the user calls after an episode ends
         return obs, float(rewards[0]), bool(term[0]), bool(trunc[0]), info
 
     def _run(self, obs, rewards, term, trunc, info, return_rewards=False):

@@ -1,0 +1,205 @@
+"""LLMFeatures and Advisor: the logic on a scripted fake model, then the real embedded model."""
+
+from __future__ import annotations
+
+import hashlib
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium import spaces
+
+from llmrl.errors import ConfigError
+from llmrl.llm.base import CallStats, UnsupportedOperationError
+from llmrl.roles.advice import Advisor
+from llmrl.roles.features import DEFAULT_TEMPLATE, LLMFeatures
+
+
+class FakeLLM:
+    """Deterministic features from a hash of the input; records every batched call."""
+
+    name = "fake:hash"
+
+    def __init__(self, dim: int = 8, images: bool = False):
+        self.dim = dim
+        self.capabilities = frozenset({"features", "generate"} | ({"images"} if images else set()))
+        self.stats = CallStats()
+        self.batches: list[list[str]] = []
+        self.image_batches: list[list] = []
+        self.generated: list[str] = []
+
+    def vector(self, prompt: str, image=None) -> np.ndarray:
+        h = hashlib.md5(prompt.encode() + (image.tobytes() if image is not None else b"")).digest()
+        return np.random.default_rng(int.from_bytes(h[:8], "little")).normal(size=self.dim).astype(np.float32)
+
+    def features(self, prompts, *, images=None, kind="hidden", tokens=None):
+        self.batches.append(list(prompts))
+        self.image_batches.append(list(images) if images is not None else [])
+        self.stats.calls += len(prompts)
+        self.stats.misses += len(prompts)
+        if kind == "logits":
+            return np.stack([self.vector(p)[: len(tokens)] for p in prompts])
+        imgs = images if images is not None else [None] * len(prompts)
+        return np.stack([self.vector(p, im) for p, im in zip(prompts, imgs)])
+
+    def generate(self, prompts, *, max_tokens=32, temperature=0.0, stop=None, images=None):
+        self.generated.extend(prompts)
+        return [f"  advice\nfor {len(p)}  " for p in prompts]
+
+
+class ChainEnv(gym.Env):
+    """Positions 0..4; action 1 moves right, 0 stays; info['text'] names the position."""
+
+    provides_text = True
+    metadata = {"render_modes": ["rgb_array"]}
+
+    def __init__(self, image: bool = False, render_mode: str | None = "rgb_array"):
+        self.image, self.render_mode = image, render_mode
+        self.observation_space = spaces.Box(0, 255, (6, 6, 3), np.uint8) if image else spaces.Discrete(5)
+        self.action_space = spaces.Discrete(2)
+        self.pos = 0
+
+    def _obs(self):
+        return self.render() if self.image else self.pos
+
+    def render(self):
+        frame = np.zeros((6, 6, 3), np.uint8)
+        frame[0, self.pos] = 255
+        return frame
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.pos = 0
+        return self._obs(), {"text": f"at {self.pos}"}
+
+    def step(self, action):
+        self.pos = min(4, self.pos + int(action))
+        done = self.pos == 4
+        return self._obs(), float(done), done, False, {"text": f"at {self.pos}"}
+
+
+def expected(llm: FakeLLM, text: str, prompt: str = "Where?") -> np.ndarray:
+    v = llm.vector(DEFAULT_TEMPLATE.format(state=text, prompt=prompt))
+    return np.clip((v - v.mean()) / (v.std() + 1e-6), -5, 5)
+
+
+def test_space_and_values_single_env():
+    llm = FakeLLM()
+    env = LLMFeatures(ChainEnv(), llm, prompt="Where?")
+    assert env.observation_space == spaces.Dict(
+        {"obs": spaces.Discrete(5), "llm": spaces.Box(-np.inf, np.inf, (8,), np.float32)}
+    )
+    obs, info = env.reset(seed=0)
+    assert obs["obs"] == 0 and obs["llm"].dtype == np.float32
+    np.testing.assert_allclose(obs["llm"], expected(llm, "at 0"), rtol=1e-5)
+    assert info["text"] == "at 0"
+    obs, r, term, trunc, info = env.step(1)
+    assert obs["obs"] == 1 and isinstance(r, float) and not term
+    np.testing.assert_allclose(obs["llm"], expected(llm, "at 1"), rtol=1e-5)
+    assert env.observation_space.contains(obs)
+
+
+def test_memo_and_on_change_avoid_repeated_passes():
+    llm = FakeLLM()
+    env = LLMFeatures(ChainEnv(), llm, prompt="Where?")
+    probe_calls = len(llm.batches)
+    for _ in range(3):  # three episodes over the same 5 states
+        env.reset()
+        for a in (0, 1, 1, 0, 1, 1):
+            env.step(a)
+    # 5 distinct texts -> 5 model inputs, whatever the number of steps
+    assert sum(len(b) for b in llm.batches[probe_calls:]) == 5
+    m = env.llmrl_metrics()
+    assert m["llm/steps"] == 21 and m["llm/calls"] == 6  # 5 states + 1 probe pass at construction
+    assert m["llm/reused"] == 3 * 2  # the two "stay" steps (text unchanged) of each episode
+    assert m["llm/memo_hits"] == 21 - 6 - 5
+    assert m["llm/hit_rate"] == pytest.approx(1 - 6 / 21)
+
+
+def test_vector_env_batches_one_call_per_step():
+    llm = FakeLLM()
+    venv = gym.vector.SyncVectorEnv([ChainEnv for _ in range(3)])
+    env = LLMFeatures(venv, llm, prompt="Where?")
+    assert isinstance(env, gym.vector.VectorWrapper)
+    assert env.single_observation_space["llm"].shape == (8,)
+    obs, _ = env.reset(seed=0)
+    assert obs["llm"].shape == (3, 8) and obs["obs"].shape == (3,)
+    n0 = len(llm.batches)
+    obs, *_ = env.step(np.array([1, 0, 1]))
+    # envs 0 and 2 moved to "at 1" (one input, deduplicated), env 1 stayed at "at 0": one call, one input
+    assert len(llm.batches) == n0 + 1 and llm.batches[-1] == [DEFAULT_TEMPLATE.format(state="at 1", prompt="Where?")]
+    np.testing.assert_allclose(obs["llm"][0], expected(llm, "at 1"), rtol=1e-5)
+    np.testing.assert_allclose(obs["llm"][1], expected(llm, "at 0"), rtol=1e-5)
+    np.testing.assert_array_equal(obs["llm"][0], obs["llm"][2])
+    for _ in range(4):  # episode ends -> autoreset gives "at 0" again, from the memo
+        obs, rew, term, trunc, info = env.step(np.array([1, 1, 1]))
+    np.testing.assert_allclose(obs["llm"][0], expected(llm, "at 0"), rtol=1e-5)
+    assert env.observation_space.contains(obs)
+
+
+def test_every_k_steps():
+    llm = FakeLLM()
+    env = LLMFeatures(ChainEnv(), llm, prompt="Where?", every=2)
+    env.reset()
+    feats = [env.step(1)[0]["llm"] for _ in range(4)]  # texts at 1, 2, 3, 4
+    np.testing.assert_allclose(feats[0], expected(llm, "at 0"), rtol=1e-5)  # kept from reset
+    np.testing.assert_allclose(feats[1], expected(llm, "at 2"), rtol=1e-5)
+    np.testing.assert_allclose(feats[2], expected(llm, "at 2"), rtol=1e-5)
+    np.testing.assert_allclose(feats[3], expected(llm, "at 4"), rtol=1e-5)
+
+
+def test_logits_kind_and_dict_observation():
+    llm = FakeLLM()
+    inner = gym.wrappers.TransformObservation(
+        ChainEnv(), lambda o: {"pos": o}, spaces.Dict({"pos": spaces.Discrete(5)})
+    )
+    env = LLMFeatures(inner, llm, prompt="Where?", kind="logits", tokens=[" left", " right"], normalize=False)
+    assert set(env.observation_space.spaces) == {"pos", "llm"}
+    obs, _ = env.reset()
+    assert obs["llm"].shape == (2,)
+    np.testing.assert_allclose(obs["llm"], llm.vector(DEFAULT_TEMPLATE.format(state="at 0", prompt="Where?"))[:2])
+
+
+def test_image_source_hashes_frames():
+    llm = FakeLLM(images=True)
+    env = LLMFeatures(ChainEnv(image=True), llm, prompt="Where?", source="image")
+    obs, _ = env.reset()
+    assert obs["obs"].shape == (6, 6, 3) and obs["llm"].shape == (8,)
+    for _ in range(6):
+        env.step(1)
+    env.reset()
+    env.step(1)
+    assert [len(b) for b in llm.image_batches[1:]] == [1] * 5  # five distinct frames, each computed once
+    assert all(b == ["Where?"] for b in llm.batches)
+    # a non-image observation takes the frame from env.render()
+    env2 = LLMFeatures(ChainEnv(), FakeLLM(images=True), prompt="Where?", source="image")
+    o, _ = env2.reset()
+    v = env2.llm.vector("Where?", ChainEnv().render())
+    np.testing.assert_allclose(o["llm"], np.clip((v - v.mean()) / (v.std() + 1e-6), -5, 5), rtol=1e-5)
+
+
+def test_clear_errors():
+    with pytest.raises(ConfigError, match="every=0"):
+        LLMFeatures(ChainEnv(), FakeLLM(), every=0)
+    with pytest.raises(ConfigError, match="kind='probs'"):
+        LLMFeatures(ChainEnv(), FakeLLM(), kind="probs")
+    with pytest.raises(UnsupportedOperationError, match="image-text model"):
+        LLMFeatures(ChainEnv(), FakeLLM(), source="image")
+    class NoText(ChainEnv):  # claims to provide text (so nothing wraps it) but does not
+        def reset(self, *, seed=None, options=None):
+            return super().reset(seed=seed)[0], {}
+
+    env = LLMFeatures(NoText(), FakeLLM())
+    with pytest.raises(ConfigError, match="info\\['text'\\]"):
+        env.reset()
+
+
+def test_advisor_memo_language_and_panel_text():
+    llm = FakeLLM()
+    advise = Advisor(llm, "Where?", language="Japanese")
+    a = advise(None, {"text": "at 0"})
+    assert a == f"advice for {len(DEFAULT_TEMPLATE.format(state='at 0', prompt='Where? Answer in Japanese.'))}"
+    assert advise(None, {"text": "at 0"}) == a and len(llm.generated) == 1
+    assert llm.generated[0].endswith("Question: Where? Answer in Japanese.\nAnswer:")
+    with pytest.raises(ConfigError, match="WithText"):
+        advise(None, {})
