@@ -1,0 +1,612 @@
+"""The LLM as planner: ELLM goal suggestions (a reward wrapper) and SayCan skill selection (an agent).
+
+ELLM (Du et al., "Guiding Pretraining in Reinforcement Learning with Large Language Models",
+arXiv 2302.06692): from the state text the LLM suggests k goals; when the caption of a transition
+says the agent did one of them (sentence-embedding cosine >= threshold), the agent earns an intrinsic
+reward, and a goal achieved once is not suggested again in that episode (novelty).
+
+    env = ELLMGoals(WithText(gymnasium.make("MiniGrid-DoorKey-6x6-v0")), llmrl.llm.load("embedded"))
+
+SayCan (Ahn et al., "Do As I Can, Not As I Say", arXiv 2204.01691): the LLM scores each skill's
+description given the instruction and what has been done; each skill's affordance says whether it
+can succeed now; the product picks the next skill, which runs until it ends.
+
+    agent = SayCan(llm, minigrid_skills(), instruction=mission)
+    result = agent.run(env, seed=0)
+
+Both talk to the model only through the protocol (`score`, `generate`, `embed`) and read the state
+only from `info["text"]` / `info["caption"]` (llmrl.envs.WithText) — except the oracle and the
+scripted skills in `llmrl.roles.oracles`, which read the ground truth on purpose.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import gymnasium as gym
+import numpy as np
+
+from llmrl.errors import ConfigError
+from llmrl.llm.base import LLM
+from llmrl.roles.base import RoleWrapper
+
+__all__ = [
+    "ELLMGoals",
+    "GoalSuggester",
+    "vocabulary_candidates",
+    "parse_goal_list",
+    "EmbeddingCache",
+    "Skill",
+    "SayCan",
+    "SayCanResult",
+    "RANK_TEMPLATE",
+    "GENERATE_TEMPLATE",
+]
+
+RANK_TEMPLATE = "{manual}{text}\nDone so far: {done}.\nThe next thing to do is to"
+"""Prompt for ranking candidate goals with `score`; each candidate is scored as " " + goal + "."."""
+
+GENERATE_TEMPLATE = "{manual}{text}\nDone so far: {done}.\nList {k} short goals to do next, one a line:\n-"
+"""Prompt for free generation; the completion is parsed into a list by `parse_goal_list`."""
+
+# The action and object vocabulary of MiniGrid/BabyAI, from which candidate goals are built.
+# Verbs per object type follow what MiniGrid's actions can do to it (pickup, toggle, walk onto).
+_MINIGRID_VERBS: dict[str, tuple[str, ...]] = {
+    "key": ("pick up the {o}", "go to the {o}"),
+    "ball": ("pick up the {o}", "go to the {o}"),
+    "box": ("pick up the {o}", "open the {o}", "go to the {o}"),
+    "door": ("open the {o}", "go to the {o}", "go through the {o}"),
+    "goal": ("go to the {o}",),
+}
+
+
+def vocabulary_candidates(text: str) -> list[str]:
+    """Candidate goals from the action and object vocabulary named in `text` (MiniGrid/BabyAI words).
+
+    Objects are found by name ("key", "door", ...) anywhere in the text (the mission included).
+    An object the text says the agent carries ("carrying a yellow key", "You carry ...") gets
+    "drop the <object>" instead of "pick up" / "go to".
+
+    >>> vocabulary_candidates("Mission: use the key to open the door and then get to the goal")
+    ['pick up the key', 'go to the key', 'open the door', 'go to the door', 'go through the door', 'go to the goal']
+    """
+    low = text.lower()
+    out: list[str] = []
+    for obj, verbs in _MINIGRID_VERBS.items():
+        if not re.search(rf"\b{obj}s?\b", low):
+            continue
+        if re.search(rf"\b(carrying|carry|carries|holding)\b[^.;\n]*\b{obj}\b", low):
+            out.append(f"drop the {obj}")
+        else:
+            out.extend(v.format(o=obj) for v in verbs)
+    return out
+
+
+def parse_goal_list(completion: str, k: int | None = None) -> list[str]:
+    """A generated list ("- a\\n- b", "1. a 2. b", "a; b") -> goal strings, cleaned and deduplicated.
+
+    >>> parse_goal_list(" pick up the key\\n- open the door.\\n3) Go to the goal\\n\\n")
+    ['pick up the key', 'open the door', 'go to the goal']
+    """
+    parts = re.split(r"\n|;|(?:^|\s)(?:\d+[.)]|-|\*)\s", completion)
+    out: list[str] = []
+    for p in parts:
+        g = re.sub(r"^\s*(?:\d+[.)]|[-*•])\s*", "", p or "").strip().strip(".").strip().lower()
+        if 2 <= len(g) <= 80 and g not in out:
+            out.append(g)
+    return out[:k] if k else out
+
+
+class EmbeddingCache:
+    """Sentence embeddings of short strings (goals, captions), computed once each and batched."""
+
+    def __init__(self, llm: LLM):
+        self.llm = llm
+        self._vectors: dict[str, np.ndarray] = {}
+        self.calls = 0
+        """Strings sent to `llm.embed` (the rest came from this cache)."""
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        """Embeddings, shape (len(texts), d), L2-normalised."""
+        missing = sorted({t for t in texts if t not in self._vectors})
+        if missing:
+            vecs = np.asarray(self.llm.embed(missing), dtype=np.float32)
+            vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-8)
+            self._vectors.update(zip(missing, vecs))
+            self.calls += len(missing)
+        if not texts:
+            return np.zeros((0, self.dim or 0), dtype=np.float32)
+        return np.stack([self._vectors[t] for t in texts])
+
+    @property
+    def dim(self) -> int | None:
+        return next(iter(self._vectors.values())).shape[0] if self._vectors else None
+
+
+class GoalSuggester:
+    """Ranks (or generates) goals for a prompt context; every distinct prompt reaches the LLM once.
+
+    mode="rank": score(prompt, [" " + c + "." for c in candidates]), minus the same scores under a
+    content-free prompt when `calibrate` (Zhao et al., arXiv 2102.09690: removes the model's prior for
+    a candidate's wording and length, which dominates a 270M base model's raw log-probs).
+    mode="generate": generate(prompt) parsed with `parse_goal_list`.
+    """
+
+    def __init__(
+        self,
+        llm: LLM,
+        *,
+        mode: Literal["rank", "generate"] = "rank",
+        template: str | None = None,
+        calibrate: bool = True,
+        max_tokens: int = 40,
+        k: int = 3,
+    ):
+        self.llm, self.mode, self.calibrate, self.max_tokens, self.k = llm, mode, calibrate, max_tokens, k
+        self.template = template or (RANK_TEMPLATE if mode == "rank" else GENERATE_TEMPLATE)
+        self._ranked: dict[tuple[str, tuple[str, ...]], list[tuple[str, float]]] = {}
+        self._generated: dict[str, list[str]] = {}
+        self._prior: dict[tuple[str, ...], np.ndarray] = {}
+        self.prompts = 0
+        """Distinct prompts sent to the LLM (score or generate calls)."""
+        self.lookups = 0
+        """Requests for suggestions, answered by the LLM or by this object's memo."""
+
+    def prompt(self, text: str, done: Sequence[str], manual: str = "") -> str:
+        manual = manual.strip() + "\n" if manual else ""
+        return self.template.format(
+            manual=manual, text=text.strip(), done=", ".join(done) or "nothing", k=self.k
+        )
+
+    def rank(self, prompt: str, candidates: Sequence[str]) -> list[tuple[str, float]]:
+        """Candidates with their (calibrated) scores, best first."""
+        cands = tuple(candidates)
+        key = (prompt, cands)
+        self.lookups += 1
+        if key not in self._ranked:
+            conts = [" " + c + "." for c in cands]
+            scores = np.asarray(self.llm.score(prompt, conts), dtype=np.float64)
+            self.prompts += 1
+            if self.calibrate:
+                if cands not in self._prior:
+                    # Content-free prompt: same template, the state replaced by "N/A".
+                    free = self.template.format(manual="", text="N/A", done="N/A", k=self.k)
+                    self._prior[cands] = np.asarray(self.llm.score(free, conts), dtype=np.float64)
+                    self.prompts += 1
+                scores = scores - self._prior[cands]
+            order = np.argsort(-scores, kind="stable")
+            self._ranked[key] = [(cands[j], float(scores[j])) for j in order]
+        return self._ranked[key]
+
+    def generate(self, prompts: Sequence[str]) -> list[list[str]]:
+        """Parsed goal lists, one per prompt; distinct uncached prompts go to the LLM in one batch."""
+        self.lookups += len(prompts)
+        todo = sorted({p for p in prompts if p not in self._generated})
+        if todo:
+            outs = self.llm.generate(todo, max_tokens=self.max_tokens, temperature=0.0, stop=["\n\n"])
+            self.prompts += len(todo)
+            for p, o in zip(todo, outs):
+                self._generated[p] = parse_goal_list(o)
+        return [list(self._generated[p]) for p in prompts]
+
+
+class ELLMGoals(RoleWrapper):
+    """ELLM: intrinsic reward for doing what the LLM suggests, each goal once per episode.
+
+    Reads `info["text"]` and `info["caption"]` (wrap the env in `llmrl.envs.WithText` first).
+    Adds to every info: `"goals"` (the current suggestions, best first), `"intrinsic_reward"`
+    (this step's intrinsic part, already added to the returned reward) and, when a goal is achieved,
+    `"goal_achieved"`.
+
+    Args:
+        env: a single env or a vector env (NEXT_STEP autoreset) with text infos.
+        llm: the backend; needs `embed`, plus `score` (suggest="rank") or `generate` ("generate").
+            Unused parts may be `None`-free: for suggest="oracle" it is only used to embed.
+        k: suggestions kept per state (the top k after dropping achieved goals).
+        suggest: "rank" (score a candidate list, best for small base models), "generate" (free text
+            parsed into a list) or "oracle" (the ground-truth next sub-goal from `info["oracle_goals"]`,
+            see `llmrl.roles.oracles.MiniGridSubgoals`; the upper bound for comparisons).
+        threshold: cosine between the caption's and a goal's embedding above which the goal counts
+            as done (ELLM uses a high threshold so only close paraphrases count).
+        scale: intrinsic reward for achieving a suggested goal.
+        reward_similarity: if True the reward is `scale * cosine` as in the ELLM paper, else `scale`.
+        manual: text prepended to every prompt (e.g. `llmrl.envs.manual(env_id)`).
+        candidates: the goals to rank; a list, or a function of the state text; default
+            `vocabulary_candidates` (MiniGrid/BabyAI action and object words found in the text).
+        refresh: when to ask for new suggestions: "event" (episode start and after every non-empty
+            caption: few distinct prompts, cheap) or "text" (whenever the state text changes).
+        calibrate: subtract the candidates' scores under a content-free prompt (suggest="rank").
+        template: prompt template with `{manual}`, `{text}`, `{done}` (and `{k}`) fields.
+        goal_in_obs: append the top goal's embedding to the observation (goal-conditioned agent):
+            a 1-D Box gets it concatenated, a Dict gets a `"goal"` key, anything else becomes
+            Dict(obs=..., goal=...).
+        extrinsic: if False, the environment's reward is dropped (pure ELLM pre-training).
+    """
+
+    def __init__(
+        self,
+        env: gym.Env | gym.vector.VectorEnv,
+        llm: LLM,
+        *,
+        k: int = 3,
+        suggest: Literal["rank", "generate", "oracle"] = "rank",
+        threshold: float = 0.6,
+        scale: float = 0.2,
+        reward_similarity: bool = False,
+        manual: str | None = None,
+        candidates: Sequence[str] | Callable[[str], Sequence[str]] | None = None,
+        refresh: Literal["event", "text"] = "event",
+        calibrate: bool = True,
+        template: str | None = None,
+        goal_in_obs: bool = False,
+        extrinsic: bool = True,
+        max_tokens: int = 40,
+    ):
+        if k < 1:
+            raise ConfigError(f"ELLMGoals k={k} must be >= 1 (number of goals suggested per state).")
+        if suggest not in ("rank", "generate", "oracle"):
+            raise ConfigError(f"ELLMGoals suggest={suggest!r} must be 'rank', 'generate' or 'oracle'.")
+        if refresh not in ("event", "text"):
+            raise ConfigError(f"ELLMGoals refresh={refresh!r} must be 'event' or 'text'.")
+        if not -1.0 <= threshold <= 1.0:
+            raise ConfigError(f"ELLMGoals threshold={threshold} must be a cosine in [-1, 1], e.g. 0.6.")
+        needs = {"embed"} | (
+            {"score"} if suggest == "rank" else {"generate"} if suggest == "generate" else set()
+        )
+        caps = getattr(llm, "capabilities", None)
+        if caps is not None and not needs <= set(caps):
+            raise ConfigError(
+                f"ELLMGoals(suggest={suggest!r}) needs an LLM that can {sorted(needs)}; {llm.name!r} can "
+                f"{sorted(caps)}. Use llmrl.llm.load('embedded') or choose suggest='rank'/'oracle'."
+            )
+        self.llm, self.k, self.suggest, self.threshold, self.scale = llm, k, suggest, threshold, scale
+        self.reward_similarity, self.manual, self.refresh = reward_similarity, manual or "", refresh
+        self.goal_in_obs, self.extrinsic = goal_in_obs, extrinsic
+        self.candidates = candidates if candidates is not None else vocabulary_candidates
+        self.embeddings = EmbeddingCache(llm)
+        self.suggester = GoalSuggester(
+            llm,
+            mode="generate" if suggest == "generate" else "rank",
+            template=template,
+            calibrate=calibrate,
+            max_tokens=max_tokens,
+            k=k,
+        )
+        # The goal embedding's width must be known to build the observation space.
+        self._goal_dim = int(self.embeddings(["go to the goal"]).shape[1]) if goal_in_obs else 0
+        super().__init__(env)
+        n = self.num_envs
+        self._goals: list[list[str]] = [[] for _ in range(n)]
+        self._done: list[list[str]] = [[] for _ in range(n)]  # captions achieved or seen this episode
+        self._achieved: list[list[str]] = [[] for _ in range(n)]
+        self._context: list[str | None] = [None for _ in range(n)]
+        self._intrinsic_total = 0.0
+        self._achieved_total = 0
+        self._steps = 0
+        self._refreshes = 0
+
+    # -- observation space ------------------------------------------------------------------------
+
+    def transform_space(self, space: gym.Space) -> gym.Space:
+        if not self.goal_in_obs:
+            return space
+        goal = gym.spaces.Box(-1.0, 1.0, (self._goal_dim,), np.float32)
+        if isinstance(space, gym.spaces.Box) and len(space.shape) == 1:
+            low = np.concatenate([space.low.astype(np.float32), goal.low])
+            high = np.concatenate([space.high.astype(np.float32), goal.high])
+            return gym.spaces.Box(low, high, dtype=np.float32)
+        if isinstance(space, gym.spaces.Dict):
+            return gym.spaces.Dict({**space.spaces, "goal": goal})
+        return gym.spaces.Dict({"obs": space, "goal": goal})
+
+    def _with_goal(self, obs: Any) -> Any:
+        inner = self.env.single_observation_space if self.is_vector else self.env.observation_space
+        tops = [g[0] if g else "" for g in self._goals]
+        emb = self.embeddings([t for t in tops if t])
+        vecs = np.zeros((self.num_envs, self._goal_dim), dtype=np.float32)  # (n, d); zeros = no goal
+        rows = [i for i, t in enumerate(tops) if t]
+        if rows:
+            vecs[rows] = emb
+        if isinstance(inner, gym.spaces.Box) and len(inner.shape) == 1:
+            return np.concatenate([np.asarray(obs, dtype=np.float32), vecs], axis=1)
+        if isinstance(inner, gym.spaces.Dict):
+            return {**obs, "goal": vecs}
+        return {"obs": obs, "goal": vecs}
+
+    # -- the role ---------------------------------------------------------------------------------
+
+    def process(self, obs, rewards, terminated, truncated, infos, starts):
+        n = self.num_envs
+        intrinsic = np.zeros(n, dtype=np.float32)
+        for i in np.flatnonzero(starts):
+            self._goals[i], self._done[i], self._achieved[i], self._context[i] = [], [], [], None
+        captions = ["" if starts[i] else str(infos[i].get("caption", "") or "") for i in range(n)]
+        self._reward_captions(captions, intrinsic, infos)
+        # An episode's last step needs no new suggestions: the next observation starts a new episode.
+        self._refresh(infos, captions, starts, skip=terminated | truncated)
+        for i in range(n):
+            infos[i]["goals"] = list(self._goals[i])
+            infos[i]["intrinsic_reward"] = float(intrinsic[i])
+        self._steps += int((~starts).sum())
+        self._intrinsic_total += float(intrinsic.sum())
+        base = rewards if self.extrinsic else np.zeros_like(rewards)
+        if self.goal_in_obs:
+            obs = self._with_goal(obs)
+        return obs, (base + intrinsic).astype(np.float32)
+
+    def _reward_captions(self, captions: list[str], intrinsic: np.ndarray, infos: list[dict]) -> None:
+        """A caption that matches one of the env's current goals earns the intrinsic reward."""
+        rows = [i for i, c in enumerate(captions) if c and self._goals[i]]
+        if not rows:
+            for i, c in enumerate(captions):
+                if c:
+                    self._done[i].append(c)
+            return
+        cap = self.embeddings([captions[i] for i in rows])  # (m, d)
+        for r, i in enumerate(rows):
+            goals = self._goals[i]
+            sims = self.embeddings(goals) @ cap[r]  # (len(goals),)
+            j = int(np.argmax(sims))
+            if sims[j] >= self.threshold:
+                intrinsic[i] = self.scale * (float(sims[j]) if self.reward_similarity else 1.0)
+                self._achieved[i].append(goals[j])
+                infos[i]["goal_achieved"] = goals[j]
+                self._achieved_total += 1
+        for i, c in enumerate(captions):
+            if c:
+                self._done[i].append(c)
+
+    def _refresh(self, infos: list[dict], captions: list[str], starts: np.ndarray, skip: np.ndarray) -> None:
+        """New suggestions for the envs whose context changed, one LLM call per distinct prompt."""
+        need: list[int] = []
+        for i, info in enumerate(infos):
+            if skip[i] and not starts[i]:
+                continue
+            if self.suggest == "oracle":
+                goals = [str(g) for g in info.get("oracle_goals", ())]
+                if "oracle_goals" not in info:
+                    raise ConfigError(
+                        "ELLMGoals(suggest='oracle') needs info['oracle_goals']; wrap each env in "
+                        "llmrl.roles.oracles.MiniGridSubgoals (or a wrapper of your own that sets it)."
+                    )
+                self._goals[i] = goals[: self.k]
+                continue
+            if "text" not in info:
+                raise ConfigError(
+                    "ELLMGoals needs info['text'] and info['caption']; wrap the env in "
+                    "llmrl.envs.WithText before ELLMGoals."
+                )
+            text = str(info["text"])
+            if self.refresh == "event":
+                changed = bool(starts[i] or captions[i] or self._context[i] is None)
+                ctx = self.suggester.prompt(text, self._done[i], self.manual) if changed else self._context[i]
+            else:
+                ctx = self.suggester.prompt(text, self._done[i], self.manual)
+                changed = ctx != self._context[i]
+            if changed:
+                self._context[i] = ctx
+                need.append(i)
+        if not need:
+            return
+        self._refreshes += len(need)
+        prompts = [self._context[i] for i in need]
+        if self.suggest == "generate":
+            lists = self.suggester.generate(prompts)  # type: ignore[arg-type]
+        else:
+            lists = []
+            for i, p in zip(need, prompts):
+                cands = (
+                    self.candidates(str(infos[i]["text"])) if callable(self.candidates) else self.candidates
+                )
+                lists.append([c for c, _ in self.suggester.rank(p, list(cands))])  # type: ignore[arg-type]
+        for i, goals in zip(need, lists):
+            self._goals[i] = self._novel(goals, i)[: self.k]
+
+    def _novel(self, goals: list[str], i: int) -> list[str]:
+        """Drop goals already achieved this episode (ELLM's novelty filter): those matched before and
+        those a caption of this episode already says were done."""
+        goals = [g for g in goals if g not in self._achieved[i]]
+        if not goals or not self._done[i]:
+            return goals
+        sims = self.embeddings(goals) @ self.embeddings(self._done[i]).T  # (goals, captions)
+        return [g for g, s in zip(goals, sims.max(axis=1)) if s < self.threshold]
+
+    def llmrl_metrics(self) -> dict[str, float]:
+        stats = getattr(self.llm, "stats", None)
+        out = stats.as_dict() if stats is not None else {}
+        out.update(
+            {
+                "goals/prompts": float(self.suggester.prompts),
+                "goals/refreshes": float(self._refreshes),
+                "goals/embeds": float(self.embeddings.calls),
+                "goals/achieved": float(self._achieved_total),
+                "reward/intrinsic": float(self._intrinsic_total),
+                "reward/intrinsic_per_step": self._intrinsic_total / max(self._steps, 1),
+            }
+        )
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# SayCan
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Skill:
+    """One skill: a description the LLM scores, a low-level policy, an end test and an affordance.
+
+    policy(obs, info) -> action; done(obs, info) -> bool (the skill reached its end);
+    affordance(obs, info) -> float in [0, 1] (SayCan's value function: the chance the skill succeeds
+    from here; a learned value or a feasibility check).
+    """
+
+    name: str
+    policy: Callable[[Any, dict], Any]
+    done: Callable[[Any, dict], bool]
+    affordance: Callable[[Any, dict], float] = field(default=lambda obs, info: 1.0)
+    max_steps: int = 100
+    """Steps after which the skill is stopped even if `done` never says so."""
+
+    @classmethod
+    def from_agent(
+        cls,
+        name: str,
+        agent: Any,
+        *,
+        done: Callable[[Any, dict], bool],
+        affordance: Callable[[Any, dict], float] | None = None,
+        max_steps: int = 100,
+    ) -> Skill:
+        """A skill whose policy is a trained llmrl (or SB3) agent: `agent.predict(obs)`.
+
+        Without `affordance`, the agent's value estimate `agent.value(obs)` (if it has one) squashed
+        to [0, 1] with a sigmoid is used, as SayCan uses the skill's learned value function.
+        """
+
+        def policy(obs: Any, info: dict) -> Any:
+            out = agent.predict(obs, deterministic=True)
+            act = out[0] if isinstance(out, tuple) else out
+            return np.asarray(act).reshape(-1)[0] if np.ndim(act) else act
+
+        if affordance is None and hasattr(agent, "value"):
+
+            def affordance(obs: Any, info: dict) -> float:
+                v = float(np.asarray(agent.value(obs)).reshape(-1)[0])
+                return float(1.0 / (1.0 + np.exp(-v)))
+
+        return cls(name, policy, done, affordance or (lambda obs, info: 1.0), max_steps)
+
+
+@dataclass
+class SayCanResult:
+    """What one SayCan episode did."""
+
+    success: bool
+    """The episode ended with a positive environment reward on termination."""
+    steps: int
+    total_reward: float
+    plan: list[str]
+    """The skills run, in order."""
+    choices: list[dict[str, dict[str, float]]]
+    """Per choice: each skill's {"llm": probability, "affordance": value, "combined": product}."""
+
+
+class SayCan:
+    """SayCan: pick the skill that maximises p_LLM(skill | instruction, done) x affordance(skill, state).
+
+    `score` of each skill description (as " " + name + ".") after the prompt gives the LLM part
+    (softmaxed over skills); `calibrate` subtracts the scores under a content-free prompt. The
+    chosen skill runs until its `done` test passes, the episode ends, or `max_steps`.
+
+    Use `act(obs, info)` step by step (e.g. inside `save_gif`), or `run(env)` for a whole episode.
+    """
+
+    TEMPLATE = "Task: {instruction}\nSteps done so far: {done}.\nNext step: I will"
+
+    def __init__(
+        self,
+        llm: LLM,
+        skills: Sequence[Skill],
+        *,
+        instruction: str | None = None,
+        template: str | None = None,
+        calibrate: bool = True,
+        use_affordance: bool = True,
+    ):
+        if not skills:
+            raise ConfigError("SayCan needs at least one Skill; got an empty list.")
+        names = [s.name for s in skills]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"SayCan skill names must be distinct; got {names}.")
+        self.llm, self.skills, self.instruction = llm, list(skills), instruction
+        self.template, self.calibrate, self.use_affordance = (
+            template or self.TEMPLATE,
+            calibrate,
+            use_affordance,
+        )
+        self._memo: dict[str, np.ndarray] = {}
+        self.llm_calls = 0
+        self.reset()
+
+    def reset(self, instruction: str | None = None) -> None:
+        """Start a new episode (optionally with a new instruction)."""
+        if instruction is not None:
+            self.instruction = instruction
+        self.done_skills: list[str] = []
+        self.choices: list[dict[str, dict[str, float]]] = []
+        self._current: Skill | None = None
+        self._steps_in_skill = 0
+
+    def llm_probs(self, instruction: str, done: Sequence[str]) -> np.ndarray:
+        """p_LLM over the skills, shape (len(skills),); one `score` call per distinct prompt."""
+        prompt = self.template.format(instruction=instruction, done=", ".join(done) or "nothing")
+        if prompt not in self._memo:
+            conts = [" " + s.name + "." for s in self.skills]
+            scores = np.asarray(self.llm.score(prompt, conts), dtype=np.float64)
+            self.llm_calls += 1
+            if self.calibrate:
+                free = self.template.format(instruction="N/A", done="N/A")
+                if free not in self._memo:
+                    self._memo[free] = np.asarray(self.llm.score(free, conts), dtype=np.float64)
+                    self.llm_calls += 1
+                scores = scores - self._memo[free]
+            self._memo[prompt] = scores
+        s = self._memo[prompt]
+        p = np.exp(s - s.max())
+        return p / p.sum()
+
+    def select(self, obs: Any, info: dict) -> Skill:
+        """The next skill for this state: argmax of p_LLM x affordance."""
+        instruction = self.instruction or str(info.get("mission") or info.get("text") or "")
+        p = self.llm_probs(instruction, self.done_skills)
+        aff = np.array([float(s.affordance(obs, info)) if self.use_affordance else 1.0 for s in self.skills])
+        combined = p * aff
+        self.choices.append(
+            {
+                s.name: {"llm": float(p[j]), "affordance": float(aff[j]), "combined": float(combined[j])}
+                for j, s in enumerate(self.skills)
+            }
+        )
+        return self.skills[int(np.argmax(combined))]
+
+    def act(self, obs: Any, info: dict) -> Any:
+        """The primitive action for this step; picks a new skill when the current one has ended."""
+        cur = self._current
+        if cur is not None and (cur.done(obs, info) or self._steps_in_skill >= cur.max_steps):
+            self.done_skills.append(cur.name)
+            cur = self._current = None
+        if cur is None:
+            cur = self._current = self.select(obs, info)
+            self._steps_in_skill = 0
+        self._steps_in_skill += 1
+        return cur.policy(obs, info)
+
+    @property
+    def current_skill(self) -> str | None:
+        return self._current.name if self._current else None
+
+    def run(self, env: gym.Env, *, seed: int | None = None, max_steps: int = 1000) -> SayCanResult:
+        """One episode on a single env with SayCan choosing skills."""
+        obs, info = env.reset(seed=seed)
+        self.reset(self.instruction)
+        plan: list[str] = []
+        total, steps, terminated, reward = 0.0, 0, False, 0.0
+        for steps in range(1, max_steps + 1):  # noqa: B007 - steps is read after the loop
+            action = self.act(obs, info)
+            if self._steps_in_skill == 1:  # a skill was (re)chosen this step
+                plan.append(self.current_skill or "")
+            obs, reward, terminated, truncated, info = env.step(action)
+            total += float(reward)
+            if terminated or truncated:
+                break
+        return SayCanResult(
+            success=bool(terminated and reward > 0),
+            steps=steps,
+            total_reward=total,
+            plan=plan,
+            choices=list(self.choices),
+        )
