@@ -1,0 +1,380 @@
+"""Proximal Policy Optimization (Schulman et al. 2017, arXiv 1707.06347), CleanRL-style, in one file.
+
+    agent = PPO(gymnasium.make("CartPole-v1"), seed=0).learn(100_000)
+
+Read top to bottom: the config, the actor-critic network, GAE, then the agent (rollout, update).
+Defaults are Stable-Baselines3's, so results compare with `stable_baselines3.PPO("MlpPolicy", env)`.
+
+Vector envs use Gymnasium's NEXT_STEP autoreset: the step after an episode ends only resets that env.
+Such reset steps stay in the (n_steps, num_envs) rollout arrays but are masked out of the update, and at
+a done step the next observation is the true final one, so truncated episodes bootstrap from
+V(final observation) (Pardo et al. 2018, "Time Limits in Reinforcement Learning").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import nn
+
+from llmrl.agents.base import Agent, check
+from llmrl.nets import Obs, build_encoder, build_network, empty_obs_storage, has_image, mlp, tree_map
+
+__all__ = ["PPO", "PPOConfig", "ActorCritic", "compute_gae"]
+
+_LOG_2PI = math.log(2 * math.pi)
+_ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU}
+
+
+@dataclass
+class PPOConfig:
+    n_steps: int = 2048
+    """Env steps per env in each rollout (rollout size = n_steps * num_envs)."""
+    batch_size: int = 64
+    """Minibatch size for the gradient steps."""
+    n_epochs: int = 10
+    """Passes over each rollout."""
+    learning_rate: float = 3e-4
+    """Adam step size (start value when anneal_lr is on)."""
+    anneal_lr: bool = False
+    """Decay the learning rate linearly to 0 over learn()'s total_timesteps (CleanRL's default)."""
+    gamma: float = 0.99
+    """Discount factor."""
+    gae_lambda: float = 0.95
+    """GAE's lambda (Schulman et al. 2016, arXiv 1506.02438): 0 = one-step TD, 1 = Monte Carlo."""
+    clip_range: float = 0.2
+    """Surrogate clipping: the probability ratio is clipped to [1 - clip_range, 1 + clip_range]."""
+    clip_range_vf: float | None = None
+    """Clip the value update to +-clip_range_vf around the rollout's value (None: no value clipping)."""
+    normalize_advantage: bool = True
+    """Normalise advantages per minibatch to zero mean and unit std."""
+    ent_coef: float = 0.0
+    """Weight of the entropy bonus."""
+    vf_coef: float = 0.5
+    """Weight of the value loss."""
+    max_grad_norm: float = 0.5
+    """Clip the global gradient norm to this value."""
+    target_kl: float | None = None
+    """Stop the epochs early once the approximate KL to the rollout policy exceeds 1.5 * target_kl."""
+    net_arch: tuple[int, ...] | None = None
+    """Hidden layer sizes of the actor and critic MLPs; None: (64, 64), or (512,) after a conv encoder."""
+    activation: str = "tanh"
+    """Hidden activation of the MLPs for vector observations: tanh, relu, elu or gelu."""
+    shared_encoder: bool | None = None
+    """Actor and critic share one encoder + trunk; None: shared when the observation holds an image."""
+    log_std_init: float = 0.0
+    """Initial log standard deviation of the Gaussian policy (Box action spaces)."""
+    adam_eps: float = 1e-5
+    """Adam's epsilon (SB3 and CleanRL use 1e-5 for PPO)."""
+
+    def __post_init__(self) -> None:
+        for name in ("n_steps", "batch_size", "n_epochs"):
+            v = getattr(self, name)
+            check(isinstance(v, int) and not isinstance(v, bool) and v > 0, name, v, "use a positive int")
+        for name in ("learning_rate", "clip_range", "adam_eps"):
+            v = getattr(self, name)
+            check(isinstance(v, (int, float)) and v > 0, name, v, "use a positive number")
+        for name in ("gamma", "gae_lambda"):
+            v = getattr(self, name)
+            check(isinstance(v, (int, float)) and 0 <= v <= 1, name, v, "use a number in [0, 1]")
+        for name in ("ent_coef", "vf_coef", "max_grad_norm"):
+            v = getattr(self, name)
+            check(isinstance(v, (int, float)) and v >= 0, name, v, "use a number >= 0")
+        for name in ("clip_range_vf", "target_kl"):
+            v = getattr(self, name)
+            check(
+                v is None or (isinstance(v, (int, float)) and v > 0), name, v, "use a positive number or None"
+            )
+        if self.net_arch is not None:
+            check(all(isinstance(h, int) and h > 0 for h in self.net_arch), "net_arch", self.net_arch,
+                  "use a tuple of positive layer sizes, e.g. (64, 64)")  # fmt: skip
+            self.net_arch = tuple(self.net_arch)
+        check(
+            self.activation in _ACTIVATIONS,
+            "activation",
+            self.activation,
+            f"use one of {sorted(_ACTIVATIONS)}",
+        )
+
+
+class ActorCritic(nn.Module):
+    """obs -> (logits (B, n) for Discrete actions or Gaussian mean (B, d) for Box actions, value (B,)).
+
+    Vector observations: separate actor and critic MLPs (SB3's MlpPolicy). Observations with an image:
+    one shared encoder + 512-unit trunk and two linear heads (CleanRL's Atari PPO). A custom `body`
+    (plain nn.Module, obs -> (logits or mean, value)) replaces both.
+    """
+
+    def __init__(self, obs_space: spaces.Space, action_space: spaces.Space, cfg: PPOConfig,
+                 body: nn.Module | None = None):  # fmt: skip
+        super().__init__()
+        self.discrete = isinstance(action_space, spaces.Discrete)
+        n_out = int(action_space.n) if self.discrete else int(np.prod(action_space.shape))
+        self.body = body
+        shared = cfg.shared_encoder if cfg.shared_encoder is not None else has_image(obs_space)
+        act = _ACTIVATIONS[cfg.activation]
+        if body is None and shared:
+            encoder, dim = build_encoder(obs_space)
+            hidden = cfg.net_arch or (512,)
+            self.trunk = nn.Sequential(
+                encoder, mlp(dim, hidden, activation=nn.ReLU if has_image(obs_space) else act)
+            )
+            self.actor = mlp(hidden[-1], (), n_out, out_gain=0.01)
+            self.critic = mlp(hidden[-1], (), 1, out_gain=1.0)
+        elif body is None:
+            self.trunk = None
+            self.actor = build_network(obs_space, n_out, hidden=cfg.net_arch, activation=act, out_gain=0.01)
+            self.critic = build_network(obs_space, 1, hidden=cfg.net_arch, activation=act, out_gain=1.0)
+        self.log_std = None if self.discrete else nn.Parameter(torch.full((n_out,), float(cfg.log_std_init)))
+
+    def forward(self, obs: Obs) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.body is not None:
+            out, value = self.body(obs)
+            return out, value.reshape(-1)
+        if self.trunk is not None:
+            h = self.trunk(obs)
+            return self.actor(h), self.critic(h).squeeze(-1)
+        return self.actor(obs), self.critic(obs).squeeze(-1)
+
+    def log_prob_entropy(self, out: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probability of `actions` and entropy per sample, both (B,). Hand-written rather than
+        torch.distributions: same math, far less per-call overhead on small batches."""
+        if self.discrete:
+            logp_all = torch.log_softmax(out, dim=-1)  # (B, n)
+            logp = logp_all.gather(1, actions.long().unsqueeze(1)).squeeze(1)
+            entropy = -(logp_all.exp() * logp_all).sum(-1)
+            return logp, entropy
+        log_std = self.log_std.expand_as(out)  # type: ignore[union-attr]
+        z = (actions - out) * torch.exp(-log_std)
+        logp = (-0.5 * z.pow(2) - log_std - 0.5 * _LOG_2PI).sum(-1)
+        entropy = (log_std + 0.5 + 0.5 * _LOG_2PI).sum(-1)
+        return logp, entropy
+
+    def sample(self, out: torch.Tensor, deterministic: bool) -> torch.Tensor:
+        if self.discrete:
+            if deterministic:
+                return out.argmax(-1)
+            return torch.multinomial(torch.softmax(out, -1), 1).squeeze(1)
+        if deterministic:
+            return out
+        return out + torch.randn_like(out) * self.log_std.exp()  # type: ignore[union-attr]
+
+
+def compute_gae(
+    rewards: np.ndarray,
+    values: np.ndarray,
+    next_value: np.ndarray,
+    terminated: np.ndarray,
+    truncated: np.ndarray,
+    gamma: float,
+    gae_lambda: float,
+) -> np.ndarray:
+    """Generalized advantage estimates, (T, N) arrays in, (T, N) out, for NEXT_STEP rollouts.
+
+    values[t] = V(obs_t); next_value = V(obs after the last step). At a done step t the next
+    observation (values[t + 1] or next_value) is the episode's final observation: a terminated episode
+    bootstraps 0, a truncated one bootstraps V(final obs), and the recursion does not cross into the
+    reset step that follows (its own advantage is meaningless and masked out by the caller).
+    """
+    T = rewards.shape[0]
+    adv = np.zeros_like(rewards, dtype=np.float32)
+    last = np.zeros_like(next_value, dtype=np.float32)
+    for t in reversed(range(T)):
+        nv = next_value if t == T - 1 else values[t + 1]
+        delta = rewards[t] + gamma * nv * (1.0 - terminated[t]) - values[t]
+        # bootstrap value if not terminated; the advantage chain stops at any episode end
+        last = delta + gamma * gae_lambda * (1.0 - (terminated[t] | truncated[t])) * last
+        adv[t] = last
+    return adv
+
+
+class PPO(Agent):
+    """PPO with clipped surrogate, GAE, optional value clipping, entropy bonus, advantage normalisation,
+    grad-norm clipping and LR annealing; Discrete or Box actions; any observation kind of `llmrl.nets`.
+
+    `PPO(env, seed=0, policy=None, **PPOConfig fields)`. A custom `policy` is an nn.Module mapping the
+    observation tensor (dict of tensors for Dict spaces) to (logits or Gaussian mean, value).
+    """
+
+    config_class = PPOConfig
+    config: PPOConfig
+
+    def _build(self, policy: nn.Module | None) -> None:
+        if not isinstance(self.action_space, (spaces.Discrete, spaces.Box)):
+            raise TypeError(f"PPO supports Discrete and Box action spaces, not {self.action_space}.")
+        self.model = ActorCritic(self.observation_space, self.action_space, self.config, policy).to(
+            self.device
+        )
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.config.learning_rate,
+                                          eps=self.config.adam_eps)  # fmt: skip
+        self.n_updates = 0
+
+    # -- acting ---------------------------------------------------------------------------------------------
+
+    def _act(self, obs: Obs, deterministic: bool) -> torch.Tensor:
+        out, _ = self.model(obs)
+        return self.model.sample(out, deterministic)
+
+    def action_values(self, obs: Any) -> tuple[str, np.ndarray]:
+        """("p", action probabilities) for Discrete actions; ("mean", Gaussian mean) for Box actions."""
+        batch, _ = self._batched(obs)
+        with torch.inference_mode():
+            out, _ = self.model(self._to_tensor(batch))
+        if self.model.discrete:
+            return "p", torch.softmax(out, -1)[0].cpu().numpy()
+        return "mean", out[0].cpu().numpy()
+
+    # -- one iteration: rollout, advantages, update -----------------------------------------------------------
+
+    def _iteration(self, total_timesteps: int) -> dict[str, float]:
+        cfg, T, N = self.config, self.config.n_steps, self.num_envs
+        if cfg.anneal_lr:
+            frac = max(1.0 - self.num_timesteps / total_timesteps, 0.0)
+            for group in self.optimizer.param_groups:
+                group["lr"] = frac * cfg.learning_rate
+
+        # rollout storage; obs as torch tensors with numpy views of the same memory (fast per-step writes)
+        obs_buf = empty_obs_storage(self.observation_space, (T, N))
+        obs_np = tree_map(lambda t: t.numpy(), obs_buf)
+        rewards = np.zeros((T, N), dtype=np.float32)
+        terminated = np.zeros((T, N), dtype=bool)
+        truncated = np.zeros((T, N), dtype=bool)
+        valid = np.zeros((T, N), dtype=bool)
+        actions, logps, values = [], [], []
+        clip_low = clip_high = None
+        if isinstance(self.action_space, spaces.Box):
+            clip_low, clip_high = self.action_space.low, self.action_space.high
+
+        with torch.inference_mode():
+            for t in range(T):
+                if isinstance(obs_np, dict):
+                    for k, arr in obs_np.items():
+                        arr[t] = self._obs[k]
+                    obs_t = {k: v[t] for k, v in obs_buf.items()}
+                else:
+                    obs_np[t] = self._obs
+                    obs_t = obs_buf[t]
+                out, value = self.model(obs_t.to(self.device) if isinstance(obs_t, torch.Tensor) else
+                                        tree_map(lambda x: x.to(self.device), obs_t))  # fmt: skip
+                action = self.model.sample(out, deterministic=False)
+                logp, _ = self.model.log_prob_entropy(out, action)
+                actions.append(action)
+                logps.append(logp)
+                values.append(value)
+                env_action = action.cpu().numpy()
+                if clip_low is not None:  # the Gaussian is unbounded; the env gets the clipped action
+                    env_action = np.clip(env_action, clip_low, clip_high)
+                _, r, term, trunc, infos, ok = self._env_step(env_action)
+                rewards[t], terminated[t], truncated[t], valid[t] = r, term, trunc, ok
+                if "reward_relabel" in infos:
+                    self._apply_relabel(infos, rewards, valid, t)
+            _, next_value = self.model(self._to_tensor(self._obs))
+
+        actions_t = torch.stack(actions)  # (T, N) or (T, N, d)
+        logps_t = torch.stack(logps)  # (T, N)
+        values_t = torch.stack(values)  # (T, N)
+        adv = compute_gae(rewards, values_t.cpu().numpy(), next_value.cpu().numpy(), terminated, truncated,
+                          cfg.gamma, cfg.gae_lambda)  # fmt: skip
+        adv_t = torch.as_tensor(adv, device=self.device)
+        returns_t = adv_t + values_t
+        metrics = self._update(obs_buf, actions_t, logps_t, values_t, adv_t, returns_t, valid)
+        var_y = returns_t[torch.as_tensor(valid)].var()
+        metrics["explained_variance"] = float(
+            1 - (returns_t - values_t)[torch.as_tensor(valid)].var() / var_y if var_y > 0 else float("nan")
+        )
+        metrics["learning_rate"] = self.optimizer.param_groups[0]["lr"]
+        return metrics
+
+    def _apply_relabel(self, infos: dict, rewards: np.ndarray, valid: np.ndarray, t: int) -> None:
+        """Add info["reward_relabel"] (L,) to the last L transitions of that env still in this rollout."""
+        mask = infos.get("_reward_relabel", np.ones(self.num_envs, dtype=bool))
+        for i in np.flatnonzero(mask):
+            extra = np.asarray(infos["reward_relabel"][i], dtype=np.float32).reshape(-1)
+            k, s = len(extra) - 1, t
+            while k >= 0 and s >= 0:  # walk back over this env's transitions, skipping reset steps
+                if valid[s, i]:
+                    rewards[s, i] += extra[k]
+                    k -= 1
+                s -= 1
+
+    def _update(
+        self, obs_buf: Obs, actions, old_logp, old_values, advantages, returns, valid
+    ) -> dict[str, float]:
+        cfg, model = self.config, self.model
+        flat = lambda x: x.reshape(-1, *x.shape[2:]).to(self.device)  # noqa: E731  (T, N, ...) -> (T*N, ...)
+        b_obs = tree_map(flat, obs_buf)
+        b_actions, b_logp, b_values = flat(actions), flat(old_logp), flat(old_values)
+        b_adv, b_returns = flat(advantages), flat(returns)
+        idx_valid = torch.as_tensor(
+            np.flatnonzero(valid.reshape(-1)), device=self.device
+        )  # reset steps dropped
+        n = len(idx_valid)
+        pg_losses, v_losses, entropies, kls, clipfracs = [], [], [], [], []
+        stop = False
+        for _epoch in range(cfg.n_epochs):
+            perm = idx_valid[torch.randperm(n, device=self.device)]
+            for start in range(0, n, cfg.batch_size):
+                mb = perm[start : start + cfg.batch_size]
+                out, v = model(tree_map(lambda x, mb=mb: x[mb], b_obs))
+                logp, entropy = model.log_prob_entropy(out, b_actions[mb])
+                log_ratio = logp - b_logp[mb]
+                ratio = log_ratio.exp()
+                with torch.no_grad():  # http://joschu.net/blog/kl-approx.html
+                    approx_kl = ((ratio - 1) - log_ratio).mean()
+                    clipfracs.append(((ratio - 1.0).abs() > cfg.clip_range).float().mean())
+                mb_adv = b_adv[mb]
+                if cfg.normalize_advantage and len(mb) > 1:
+                    mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
+                # clipped surrogate objective (Schulman et al. 2017, eq. 7)
+                pg_loss = torch.max(
+                    -mb_adv * ratio, -mb_adv * ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range)
+                ).mean()
+                if cfg.clip_range_vf is None:
+                    v_loss = (b_returns[mb] - v).pow(2).mean()
+                else:  # PPO2's clipped value loss: the worse of clipped and unclipped
+                    v_clip = b_values[mb] + (v - b_values[mb]).clamp(-cfg.clip_range_vf, cfg.clip_range_vf)
+                    v_loss = torch.max((b_returns[mb] - v).pow(2), (b_returns[mb] - v_clip).pow(2)).mean()
+                ent = entropy.mean()
+                loss = pg_loss - cfg.ent_coef * ent + cfg.vf_coef * v_loss
+                if cfg.target_kl is not None and approx_kl > 1.5 * cfg.target_kl:
+                    stop = True
+                    break
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+                self.n_updates += 1
+                pg_losses.append(pg_loss.detach())
+                v_losses.append(v_loss.detach())
+                entropies.append(ent.detach())
+                kls.append(approx_kl)
+            if stop:
+                break
+        mean = lambda xs: float(torch.stack(xs).mean()) if xs else float("nan")  # noqa: E731
+        return {
+            "loss/policy": mean(pg_losses),
+            "loss/value": mean(v_losses),
+            "entropy": mean(entropies),
+            "approx_kl": mean(kls),
+            "clip_fraction": mean(clipfracs),
+            "n_updates": float(self.n_updates),
+        }
+
+    # -- checkpoint state -------------------------------------------------------------------------------------
+
+    def _get_state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "n_updates": self.n_updates,
+        }
+
+    def _set_state(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.n_updates = int(state["n_updates"])

@@ -1,0 +1,237 @@
+"""Networks built from an observation space: encoders, MLP heads, and the tensors that feed them.
+
+    encoder, dim = build_encoder(env.single_observation_space)   # nn.Module, its output width
+    q_net = build_network(space, n_actions)                       # encoder -> MLP head
+
+Observation kinds and their encoders:
+
+- Box vector (any float shape) -> flattened float32.
+- Image: a uint8 Box of rank 3 (or rank 2 = one grey channel). Channels-first (C, H, W) or
+  channels-last (H, W, C) is detected: the smaller of the first and last dimension is the channel
+  axis (so (4, 84, 84) frame stacks and (84, 84, 3) RGB frames both work). Pixels are scaled by 1/255
+  and go through the classic Atari conv stack (Mnih et al. 2015, Nature): 32 filters 8x8 stride 4 ->
+  64 filters 4x4 stride 2 -> 64 filters 3x3 stride 1, ReLU after each, flattened.
+- Discrete(n) -> one-hot of width n (a `start` offset is honoured).
+- MultiBinary -> flattened float32.
+- Dict of the above -> each key encoded, features concatenated in sorted key order. With an image and
+  an "llm" vector this is the seed's two-input Q-network: conv features ++ LLM features -> MLP head.
+
+Custom networks are plain `nn.Module`s taking the observation tensor (a dict of tensors for Dict
+spaces) as built by `obs_to_tensor`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import nn
+
+from llmrl.errors import ConfigError
+
+__all__ = [
+    "Obs",
+    "is_image_space",
+    "image_channels_first",
+    "build_encoder",
+    "build_network",
+    "mlp",
+    "NatureCNN",
+    "obs_to_tensor",
+    "space_dtype",
+    "empty_obs_storage",
+    "tree_map",
+    "has_image",
+]
+
+Obs = torch.Tensor | dict[str, torch.Tensor]
+"""A batched observation as networks consume it: a tensor, or a dict of tensors for Dict spaces."""
+
+
+def is_image_space(space: gym.Space) -> bool:
+    """A uint8 Box of rank 2 or 3 is an image."""
+    return isinstance(space, spaces.Box) and space.dtype == np.uint8 and len(space.shape) in (2, 3)
+
+
+def image_channels_first(shape: Sequence[int]) -> bool:
+    """True for (C, H, W), False for (H, W, C): the channel axis is the smaller end dimension."""
+    return len(shape) == 3 and shape[0] <= shape[-1]
+
+
+def has_image(space: gym.Space) -> bool:
+    """True if the space is an image or a Dict holding one (such nets default to a 512-unit head)."""
+    if isinstance(space, spaces.Dict):
+        return any(has_image(s) for s in space.spaces.values())
+    return is_image_space(space)
+
+
+def mlp(
+    in_dim: int,
+    hidden: Sequence[int],
+    out_dim: int | None = None,
+    *,
+    activation: type[nn.Module] = nn.ReLU,
+    out_gain: float | None = None,
+    orthogonal: bool = True,
+) -> nn.Sequential:
+    """Linear layers with `activation` between them; the last layer has no activation.
+
+    With `orthogonal=True` weights get orthogonal init with gain sqrt(2) (hidden) and `out_gain`
+    (output; 1.0 if None), biases zero — the init PPO implementations rely on (Engstrom et al. 2020,
+    "Implementation Matters in Deep Policy Gradients"). `out_dim=None` ends with the last hidden layer
+    and its activation (a feature trunk).
+    """
+    layers: list[nn.Module] = []
+    dims = [in_dim, *hidden]
+    for a, b in zip(dims[:-1], dims[1:]):
+        layers += [_init(nn.Linear(a, b), math.sqrt(2), orthogonal), activation()]
+    if out_dim is not None:
+        layers.append(_init(nn.Linear(dims[-1], out_dim), 1.0 if out_gain is None else out_gain, orthogonal))
+    return nn.Sequential(*layers)
+
+
+def _init(layer: nn.Module, gain: float, orthogonal: bool) -> nn.Module:
+    if orthogonal and isinstance(layer, (nn.Linear, nn.Conv2d)):
+        nn.init.orthogonal_(layer.weight, gain)
+        nn.init.zeros_(layer.bias)
+    return layer
+
+
+class NatureCNN(nn.Module):
+    """The classic Atari conv stack on uint8 images; (B, C, H, W) or (B, H, W, C) -> (B, features)."""
+
+    def __init__(self, shape: Sequence[int], *, orthogonal: bool = True):
+        super().__init__()
+        shape = tuple(shape)
+        if len(shape) == 2:
+            shape = (1, *shape)
+        self.channels_first = image_channels_first(shape)
+        c, h, w = shape if self.channels_first else (shape[2], shape[0], shape[1])
+        if h < 36 or w < 36:
+            raise ConfigError(
+                f"image observations of {h}x{w} pixels are too small for the Atari conv stack (needs >= 36x36); "
+                "resize them (e.g. llmrl's image-observation wrapper with size=84) or pass a custom policy network."
+            )
+        g = math.sqrt(2)
+        self.conv = nn.Sequential(
+            _init(nn.Conv2d(c, 32, 8, stride=4), g, orthogonal), nn.ReLU(),
+            _init(nn.Conv2d(32, 64, 4, stride=2), g, orthogonal), nn.ReLU(),
+            _init(nn.Conv2d(64, 64, 3, stride=1), g, orthogonal), nn.ReLU(),
+            nn.Flatten(),
+        )  # fmt: skip
+        with torch.no_grad():
+            self.out_dim = int(self.conv(torch.zeros(1, c, h, w)).shape[1])  # 3136 for 84x84
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3:  # (B, H, W) grey
+            x = x.unsqueeze(1)
+        elif not self.channels_first:
+            x = x.permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W)
+        return self.conv(x.float() / 255.0)
+
+
+class _Flatten(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1).float()
+
+
+class _OneHot(nn.Module):
+    def __init__(self, n: int, start: int):
+        super().__init__()
+        self.n, self.start = n, start
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.one_hot(x.long().reshape(-1) - self.start, self.n).float()
+
+
+class _DictEncoder(nn.Module):
+    def __init__(self, encoders: dict[str, nn.Module]):
+        super().__init__()
+        self.keys = sorted(encoders)
+        self.encoders = nn.ModuleDict(encoders)
+
+    def forward(self, x: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return torch.cat([self.encoders[k](x[k]) for k in self.keys], dim=1)
+
+
+def build_encoder(space: gym.Space, *, orthogonal: bool = True) -> tuple[nn.Module, int]:
+    """An encoder for one (unbatched) observation space and the width of its output features."""
+    if is_image_space(space):
+        cnn = NatureCNN(space.shape, orthogonal=orthogonal)
+        return cnn, cnn.out_dim
+    if isinstance(space, spaces.Box):
+        return _Flatten(), int(np.prod(space.shape))
+    if isinstance(space, spaces.Discrete):
+        return _OneHot(int(space.n), int(space.start)), int(space.n)
+    if isinstance(space, spaces.MultiBinary):
+        return _Flatten(), int(np.prod(space.shape))
+    if isinstance(space, spaces.Dict):
+        encoders, total = {}, 0
+        for key, sub in space.spaces.items():
+            if isinstance(sub, spaces.Dict):
+                raise ConfigError(
+                    f"nested Dict observation at key {key!r} is not supported; flatten the Dict."
+                )
+            enc, dim = build_encoder(sub, orthogonal=orthogonal)
+            encoders[key], total = enc, total + dim
+        return _DictEncoder(encoders), total
+    raise ConfigError(
+        f"observation space {space} is not supported by the built-in encoders (Box, uint8 image, Discrete, "
+        "MultiBinary, Dict of those); pass a custom network as `policy=` (a plain nn.Module)."
+    )
+
+
+def build_network(
+    space: gym.Space,
+    out_dim: int | None,
+    *,
+    hidden: Sequence[int] | None = None,
+    activation: type[nn.Module] | None = None,
+    out_gain: float | None = None,
+) -> nn.Sequential:
+    """encoder -> MLP. Defaults: hidden (512,) ReLU when the space holds an image (the seed's
+    Q-network head), else (64, 64) Tanh (SB3's MlpPolicy)."""
+    image = has_image(space)
+    hidden = tuple(hidden) if hidden is not None else ((512,) if image else (64, 64))
+    activation = activation or (nn.ReLU if image else nn.Tanh)
+    encoder, dim = build_encoder(space)
+    return nn.Sequential(encoder, mlp(dim, hidden, out_dim, activation=activation, out_gain=out_gain))
+
+
+# -- observations as tensors --------------------------------------------------------------------
+
+
+def space_dtype(space: gym.Space) -> torch.dtype:
+    """The torch dtype observations of `space` are stored in (uint8 images stay uint8)."""
+    if isinstance(space, (spaces.Discrete, spaces.MultiDiscrete)):
+        return torch.int64
+    if isinstance(space, spaces.Box) and space.dtype == np.uint8:
+        return torch.uint8
+    return torch.float32
+
+
+def obs_to_tensor(obs: Any, space: gym.Space, device: torch.device | str = "cpu") -> Obs:
+    """Batched numpy observations (leading dim = batch) -> tensors in the dtype of `space_dtype`."""
+    if isinstance(space, spaces.Dict):
+        return {k: obs_to_tensor(obs[k], s, device) for k, s in space.spaces.items()}
+    return torch.as_tensor(np.asarray(obs), dtype=space_dtype(space), device=device)
+
+
+def empty_obs_storage(space: gym.Space, lead: Sequence[int], device: torch.device | str = "cpu") -> Obs:
+    """Preallocated zeros of shape (*lead, *space.shape) for each leaf of `space`."""
+    if isinstance(space, spaces.Dict):
+        return {k: empty_obs_storage(s, lead, device) for k, s in space.spaces.items()}
+    shape = () if isinstance(space, spaces.Discrete) else tuple(space.shape)
+    return torch.zeros((*lead, *shape), dtype=space_dtype(space), device=device)
+
+
+def tree_map(fn: Callable[[torch.Tensor], torch.Tensor], x: Obs) -> Obs:
+    """Apply `fn` to a tensor or to each tensor of a dict (e.g. indexing a minibatch)."""
+    if isinstance(x, dict):
+        return {k: fn(v) for k, v in x.items()}
+    return fn(x)

@@ -1,0 +1,422 @@
+"""Training I/O shared by every agent: run-folder logging, progress bar, learning curves,
+checkpoints (safetensors + JSON, atomic, no pickle), RNG state, and env state for exact resume.
+
+Run folder layout (`run_dir`):
+    metrics.csv      one row per log call (agent update): step, time, steps/s, losses, role metrics …
+    episodes.csv     one row per finished episode: step, return, length
+    tb/              TensorBoard events, when tensorboard is installed
+    checkpoint/      the latest checkpoint, if the agent was asked to write one
+    learning_curve.png   from `plot_learning_curve(run_dir)`
+
+Checkpoint folder layout: `tensors.safetensors` (every tensor and numpy array) and `state.json`
+(everything else, with references to the tensors), written to a temporary sibling folder and renamed
+into place, so a crash never leaves a half-written checkpoint under the final name.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from llmrl.errors import CheckpointError
+
+__all__ = [
+    "RunLogger",
+    "plot_learning_curve",
+    "save_checkpoint",
+    "load_checkpoint",
+    "to_serializable",
+    "from_serializable",
+    "get_rng_state",
+    "set_rng_state",
+    "env_chain",
+    "get_env_state",
+    "set_env_state",
+    "collect_env_metrics",
+]
+
+CHECKPOINT_VERSION = 1
+
+# -- logging ---------------------------------------------------------------------------------------
+
+
+class RunLogger:
+    """Metrics to CSV (when `run_dir` is set), TensorBoard (when also installed), and a tqdm bar.
+
+    `episode(step, ret, length)` records a finished episode; `log(step, metrics)` records one row of
+    scalars. The bar shows steps/s and the mean return of the last 20 episodes.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike | None,
+        *,
+        total_timesteps: int,
+        start_step: int = 0,
+        progress_bar: bool = True,
+        tensorboard: bool = True,
+    ):
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.recent_returns: deque[float] = deque(maxlen=20)
+        self._rows: list[dict[str, float]] = []
+        self._fields: list[str] = []
+        self._tb = None
+        self._t0, self._step0 = time.perf_counter(), start_step
+        if self.run_dir is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._episodes_file = open(self.run_dir / "episodes.csv", "a", newline="")  # noqa: SIM115
+            if self._episodes_file.tell() == 0:
+                self._episodes_file.write("step,return,length\n")
+            if tensorboard:
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
+
+                    self._tb = SummaryWriter(str(self.run_dir / "tb"))
+                except ImportError:  # tensorboard not installed: CSV only
+                    self._tb = None
+        self._bar = None
+        if progress_bar:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total_timesteps, initial=start_step, unit="step", dynamic_ncols=True)
+
+    @property
+    def steps_per_second(self) -> float:
+        return self._sps
+
+    _sps = 0.0
+
+    def episode(self, step: int, ret: float, length: int) -> None:
+        self.recent_returns.append(float(ret))
+        if self.run_dir is not None:
+            self._episodes_file.write(f"{step},{ret:.6g},{length}\n")
+        if self._tb is not None:
+            self._tb.add_scalar("episode/return", ret, step)
+            self._tb.add_scalar("episode/length", length, step)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        elapsed = time.perf_counter() - self._t0
+        self._sps = (step - self._step0) / max(elapsed, 1e-9)
+        row = {"step": step, "time": round(elapsed, 4), "steps_per_s": round(self._sps, 2)}
+        if self.recent_returns:
+            row["return_mean20"] = float(np.mean(self.recent_returns))
+        row.update({k: float(v) for k, v in metrics.items()})
+        if self._bar is not None:
+            self._bar.n = step
+            post = {"sps": f"{self._sps:.0f}"}
+            if self.recent_returns:
+                post["return"] = f"{row['return_mean20']:.1f}"
+            self._bar.set_postfix(post, refresh=False)
+            self._bar.refresh()
+        if self.run_dir is None:
+            return
+        self._rows.append(row)
+        new = [k for k in row if k not in self._fields]
+        path = self.run_dir / "metrics.csv"
+        if new or not path.exists():  # a new column: rewrite the whole file with the wider header
+            self._fields += new
+            with open(path, "w", newline="") as f:
+                w = csv.DictWriter(f, self._fields)
+                w.writeheader()
+                w.writerows(self._rows)
+        else:
+            with open(path, "a", newline="") as f:
+                csv.DictWriter(f, self._fields).writerow(row)
+        if self._tb is not None:
+            for k, v in row.items():
+                if k != "step" and math.isfinite(v):
+                    self._tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        if self.run_dir is not None:
+            self._episodes_file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def plot_learning_curve(run_dir: str | os.PathLike, *, window: int = 20, title: str | None = None) -> Path:
+    """Episode return against env steps (raw and a `window`-episode moving mean) -> run_dir/learning_curve.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    path = run_dir / "episodes.csv"
+    if not path.exists():
+        raise CheckpointError(
+            f"{path} does not exist; train with learn(..., run_dir={str(run_dir)!r}) first."
+        )
+    data = np.genfromtxt(path, delimiter=",", names=True, ndmin=1)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if data.size:
+        steps, rets = np.atleast_1d(data["step"]), np.atleast_1d(data["return"])
+        ax.plot(steps, rets, alpha=0.3, lw=0.8, label="episode return")
+        if len(rets) >= window:
+            mean = np.convolve(rets, np.ones(window) / window, mode="valid")
+            ax.plot(steps[window - 1 :], mean, lw=2, label=f"mean of {window}")
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("return")
+    ax.set_title(title or run_dir.name)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    out = run_dir / "learning_curve.png"
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+# -- checkpoints -------------------------------------------------------------------------------------
+# Nested python state (dicts, lists, tuples, scalars, tensors, arrays) is split into a JSON skeleton and
+# a flat dict of tensors. Markers keep the types JSON lacks: {"__tensor__": name}, {"__ndarray__": name},
+# {"__tuple__": [...]}, {"__items__": [[key, value], ...]} for dicts with non-string keys.
+
+
+def to_serializable(obj: Any, tensors: dict[str, torch.Tensor], prefix: str = "t") -> Any:
+    """`obj` as JSON-able data; tensors and arrays moved into `tensors` under fresh names."""
+    if isinstance(obj, torch.Tensor):
+        name = f"{prefix}{len(tensors)}"
+        tensors[name] = obj.detach().cpu().clone().contiguous()
+        return {"__tensor__": name}
+    if isinstance(obj, np.ndarray):
+        if obj.dtype == object:
+            raise CheckpointError(
+                "object arrays cannot be checkpointed without pickle; convert them to numbers."
+            )
+        name = f"{prefix}{len(tensors)}"
+        tensors[name] = torch.from_numpy(np.array(obj, copy=True, order="C"))
+        return {"__ndarray__": name, "dtype": str(obj.dtype)}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) and not k.startswith("__") for k in obj):
+            return {k: to_serializable(v, tensors, prefix) for k, v in obj.items()}
+        return {"__items__": [[to_serializable(k, tensors, prefix), to_serializable(v, tensors, prefix)]
+                              for k, v in obj.items()]}  # fmt: skip
+    if isinstance(obj, tuple):
+        return {"__tuple__": [to_serializable(v, tensors, prefix) for v in obj]}
+    if isinstance(obj, list):
+        return [to_serializable(v, tensors, prefix) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise CheckpointError(
+        f"cannot checkpoint a value of type {type(obj).__name__} ({obj!r:.80}) without pickle."
+    )
+
+
+def from_serializable(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Inverse of `to_serializable`."""
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            return tensors[obj["__tensor__"]]
+        if "__ndarray__" in obj:
+            return tensors[obj["__ndarray__"]].numpy().astype(obj["dtype"], copy=False)
+        if "__tuple__" in obj:
+            return tuple(from_serializable(v, tensors) for v in obj["__tuple__"])
+        if "__items__" in obj:
+            return {
+                _hashable(from_serializable(k, tensors)): from_serializable(v, tensors)
+                for k, v in obj["__items__"]
+            }
+        return {k: from_serializable(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [from_serializable(v, tensors) for v in obj]
+    return obj
+
+
+def _hashable(x: Any) -> Any:
+    return tuple(x) if isinstance(x, list) else x
+
+
+def save_checkpoint(directory: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Write `state` (nested dicts of tensors, arrays, scalars) to `directory` atomically."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = {"version": CHECKPOINT_VERSION, "state": to_serializable(state, tensors)}
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        save_file(tensors, str(tmp / "tensors.safetensors"))
+        with open(tmp / "state.json", "w") as f:
+            json.dump(skeleton, f)
+            f.flush()
+            os.fsync(f.fileno())
+        old = None
+        if directory.exists():  # rename the old one away first: rename onto a non-empty dir fails
+            old = directory.with_name(f".{directory.name}.old-{os.getpid()}-{time.monotonic_ns()}")
+            os.replace(directory, old)
+        os.replace(tmp, directory)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def load_checkpoint(directory: str | os.PathLike) -> dict[str, Any]:
+    """Read a folder written by `save_checkpoint`; CheckpointError if it is missing or incomplete."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    missing = [n for n in ("tensors.safetensors", "state.json") if not (directory / n).is_file()]
+    if missing:
+        raise CheckpointError(
+            f"{directory} is not a complete llmrl checkpoint (missing {', '.join(missing)}); "
+            "pass the folder given to agent.save(...)."
+        )
+    try:
+        with open(directory / "state.json") as f:
+            skeleton = json.load(f)
+        tensors = load_file(str(directory / "tensors.safetensors"))
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{directory} is corrupt ({err}); re-save it.") from err
+    if skeleton.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{directory} has checkpoint version {skeleton.get('version')}, this llmrl reads {CHECKPOINT_VERSION}."
+        )
+    return from_serializable(skeleton["state"], tensors)
+
+
+# -- RNG state ----------------------------------------------------------------------------------------
+
+
+def get_rng_state() -> dict[str, Any]:
+    """Global RNG states of python, numpy (legacy global) and torch (CPU)."""
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+
+
+# -- env state ----------------------------------------------------------------------------------------
+# Exact resume needs the env where it was. We snapshot, for every object in the env chain (wrappers,
+# the vector env, its sub-envs), the plain attributes: numbers, strings, numpy arrays, deques and
+# tuples/lists of those, and numpy Generators (as bit-generator state). That covers classic control
+# (CartPole, Acrobot, MountainCar, Pendulum, their native vector versions), gymnasium's common wrappers
+# (TimeLimit, RecordEpisodeStatistics, ...) and simple pure-python envs (llmrl's Grid, MiniGrid's grid
+# is NOT covered: it is an object graph). Limits: state held in C (ALE emulator, Box2D, MuJoCo), in
+# other objects, or in subprocesses (AsyncVectorEnv) is not captured; resuming those continues from a
+# fresh reset instead (`set_env_state` returns False).
+
+_SKIP = {"spec", "metadata", "render_mode", "_saved_kwargs", "_cached_spec", "_metadata"}
+
+
+def env_chain(env: Any) -> Iterator[Any]:
+    """Every object in the chain of an env or vector env: wrappers outermost first, then sub-envs."""
+    seen: set[int] = set()
+    stack = [env]
+    while stack:
+        obj = stack.pop(0)
+        if obj is None or id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        yield obj
+        inner = obj.__dict__.get("env") if hasattr(obj, "__dict__") else None
+        if inner is not None:
+            stack.append(inner)
+        subs = obj.__dict__.get("envs") if hasattr(obj, "__dict__") else None
+        if isinstance(subs, (list, tuple)):
+            stack.extend(subs)
+
+
+def collect_env_metrics(env: Any) -> dict[str, float]:
+    """Merge `llmrl_metrics()` of every wrapper in the chain that has it (outermost wins on a clash)."""
+    out: dict[str, float] = {}
+    for obj in env_chain(env):
+        fn = getattr(type(obj), "llmrl_metrics", None)
+        if fn is not None:
+            for k, v in fn(obj).items():
+                out.setdefault(k, float(v))
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """A snapshot of `value` if it is plain data, else a sentinel."""
+    if value is None or isinstance(value, (bool, int, float, str, np.generic)):
+        return value
+    if isinstance(value, np.ndarray):
+        return value.copy() if value.dtype != object else _NOT_PLAIN
+    if isinstance(value, np.random.Generator):
+        return {"__generator__": value.bit_generator.state}
+    if isinstance(value, deque):
+        items = [_plain(v) for v in value]
+        return (
+            _NOT_PLAIN
+            if any(v is _NOT_PLAIN for v in items)
+            else {"__deque__": items, "maxlen": value.maxlen}
+        )
+    if isinstance(value, (tuple, list)):
+        items = [_plain(v) for v in value]
+        if any(v is _NOT_PLAIN for v in items):
+            return _NOT_PLAIN
+        return tuple(items) if isinstance(value, tuple) else items
+    return _NOT_PLAIN
+
+
+_NOT_PLAIN = object()
+
+
+def get_env_state(env: Any) -> list[dict[str, Any]]:
+    """Plain attributes of every object in the env chain (see the comment above for what is covered)."""
+    out = []
+    for obj in env_chain(env):
+        attrs = {}
+        for key, value in getattr(obj, "__dict__", {}).items():
+            if key in _SKIP:
+                continue
+            snap = _plain(value)
+            if snap is not _NOT_PLAIN:
+                attrs[key] = snap
+        out.append({"type": f"{type(obj).__module__}.{type(obj).__qualname__}", "attrs": attrs})
+    return out
+
+
+def set_env_state(env: Any, state: Iterable[dict[str, Any]]) -> bool:
+    """Restore `get_env_state` output into an env of the same structure; False (nothing changed) if the
+    chain differs (other wrappers or env types)."""
+    state = list(state)
+    chain = list(env_chain(env))
+    types = [f"{type(o).__module__}.{type(o).__qualname__}" for o in chain]
+    if types != [s["type"] for s in state]:
+        return False
+    for obj, snap in zip(chain, state):
+        for key, value in snap["attrs"].items():
+            current = obj.__dict__.get(key)
+            if isinstance(value, dict) and "__generator__" in value:
+                if isinstance(current, np.random.Generator):
+                    current.bit_generator.state = value["__generator__"]
+                else:
+                    gen = np.random.Generator(getattr(np.random, value["__generator__"]["bit_generator"])())
+                    gen.bit_generator.state = value["__generator__"]
+                    obj.__dict__[key] = gen
+            elif isinstance(value, dict) and "__deque__" in value:
+                obj.__dict__[key] = deque(value["__deque__"], maxlen=value["maxlen"])
+            elif isinstance(value, np.ndarray):
+                obj.__dict__[key] = value.copy()
+            else:
+                obj.__dict__[key] = value
+    return True
