@@ -66,6 +66,8 @@ class CallStats:
     """Tokens the model processed or produced for the misses."""
     seconds: float = 0.0
     """Wall time spent in the model for the misses."""
+    fallbacks: int = 0
+    """Inputs answered by the configured fallback once the budget was spent."""
 
     def as_dict(self, prefix: str = "llm/") -> dict[str, float]:
         return {prefix + k: float(v) for k, v in asdict(self).items()}

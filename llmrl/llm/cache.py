@@ -1,0 +1,391 @@
+"""Cost control for any backend, in one place: persistent cache, record/replay, budgets, counters.
+
+    llm = CachedLLM(backend, cache="runs/llm.sqlite", budget=Budget(calls=10_000))
+    llm.generate(["Q: 2+2? A:"])    # a miss: reaches the model, stored
+    llm.generate(["Q: 2+2? A:"])    # a hit: from SQLite, no model call
+
+Every input of a batched call is looked up by its own key (a SHA-256 of backend name and model,
+operation, parameters, and the input, an image by the hash of its pixels); only the misses go to the
+model, in one batch. The store is SQLite in WAL mode, so several processes (vector-env workers, Ray
+actors, a rerun) may read and write one file at once. `replay=True` never calls the model: a miss
+raises `CacheMissError`, so a rerun from a recorded cache is deterministic without the model.
+Generations at temperature > 0 are cached too (that is what makes a replay deterministic).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from llmrl.errors import ConfigError
+from llmrl.llm.base import LLM, BudgetExceededError, CacheMissError, CallStats, Image
+from llmrl.llm.common import check_feature_args, check_images, image_digest
+
+__all__ = ["Budget", "LLMCache", "CachedLLM", "default_cache_path"]
+
+
+def default_cache_path() -> Path:
+    """`$LLMRL_CACHE_DIR/llm.sqlite`, else `~/.cache/llmrl/llm.sqlite`."""
+    root = os.environ.get("LLMRL_CACHE_DIR") or Path.home() / ".cache" / "llmrl"
+    return Path(root) / "llm.sqlite"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Limits on what reaches the model (cache hits are free). None means no limit."""
+
+    calls: int | None = None
+    """Inputs sent to the model (cache misses), summed over all operations."""
+    tokens: int | None = None
+    """Tokens the model processed or produced."""
+    seconds: float | None = None
+    """Wall time spent in the model."""
+
+    def __post_init__(self) -> None:
+        for field in ("calls", "tokens", "seconds"):
+            value = getattr(self, field)
+            if value is not None and value < 0:
+                raise ConfigError(f"Budget.{field} must be >= 0 or None (no limit), not {value}")
+
+    def exceeded(self, stats: CallStats, n_new: int) -> str | None:
+        """Why sending `n_new` more inputs would break the budget, or None if it would not."""
+        if self.calls is not None and stats.misses + n_new > self.calls:
+            return f"calls: {stats.misses} used + {n_new} asked > {self.calls}"
+        if self.tokens is not None and stats.tokens >= self.tokens:
+            return f"tokens: {stats.tokens} used >= {self.tokens}"
+        if self.seconds is not None and stats.seconds >= self.seconds:
+            return f"seconds: {stats.seconds:.1f} used >= {self.seconds}"
+        return None
+
+
+class LLMCache:
+    """A key → bytes store in SQLite (WAL mode), safe for several threads and processes.
+
+    `LLMCache(":memory:")` keeps it in this process only.
+    """
+
+    def __init__(self, path: str | Path | None = None, *, timeout: float = 60.0):
+        self.path = str(path) if path is not None else str(default_cache_path())
+        self.timeout = timeout
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._memory_conn: sqlite3.Connection | None = None
+        if self.path != ":memory:":
+            Path(self.path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        self._conn()  # create the table now: a bad path fails at construction
+
+    def __repr__(self) -> str:
+        return f"LLMCache({self.path!r})"
+
+    def _conn(self) -> sqlite3.Connection:
+        # One connection per thread and per process (a forked child must not reuse its parent's).
+        if self.path == ":memory:":
+            if self._memory_conn is None:
+                self._memory_conn = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+                self._setup(self._memory_conn)
+            return self._memory_conn
+        conn = getattr(self._local, "conn", None)
+        if conn is None or self._local.pid != os.getpid():
+            conn = sqlite3.connect(os.path.expanduser(self.path), timeout=self.timeout, isolation_level=None)
+            self._setup(conn)
+            self._local.conn, self._local.pid = conn, os.getpid()
+        return conn
+
+    def _setup(self, conn: sqlite3.Connection) -> None:
+        conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+        if self.path != ":memory:":
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS llm_calls ("
+            " key TEXT PRIMARY KEY, model TEXT, op TEXT, value BLOB, created REAL)"
+        )
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
+        """The stored values of those keys that are present."""
+        found: dict[str, bytes] = {}
+        unique = list(dict.fromkeys(keys))
+        with self._lock:
+            conn = self._conn()
+            for i in range(0, len(unique), 500):  # SQLite caps the number of bound parameters
+                chunk = unique[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = conn.execute(f"SELECT key, value FROM llm_calls WHERE key IN ({marks})", chunk)
+                found.update((k, bytes(v)) for k, v in rows)
+        return found
+
+    def put_many(self, items: Sequence[tuple[str, str, str, bytes]]) -> None:
+        """Store (key, model, op, value) rows in one transaction (last writer wins on a key)."""
+        if not items:
+            return
+        now = time.time()
+        with self._lock:
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO llm_calls (key, model, op, value, created) VALUES (?, ?, ?, ?, ?)",
+                    [(k, m, op, sqlite3.Binary(v), now) for k, m, op, v in items],
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    def __len__(self) -> int:
+        with self._lock:
+            return int(self._conn().execute("SELECT COUNT(*) FROM llm_calls").fetchone()[0])
+
+    def clear(self) -> None:
+        with self._lock:
+            self._conn().execute("DELETE FROM llm_calls")
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+        if self._memory_conn is not None:
+            self._memory_conn.close()
+            self._memory_conn = None
+
+
+# -- encoding of values (no pickle: plain bytes that any reader can decode) --------------------
+
+
+def _enc_text(v: str) -> bytes:
+    return v.encode("utf-8")
+
+
+def _dec_text(b: bytes) -> str:
+    return b.decode("utf-8")
+
+
+def _enc_float(v: float) -> bytes:
+    return np.float64(v).tobytes()
+
+
+def _dec_float(b: bytes) -> float:
+    return float(np.frombuffer(b, dtype=np.float64)[0])
+
+
+def _enc_vec(v: np.ndarray) -> bytes:
+    return np.ascontiguousarray(v, dtype=np.float32).tobytes()
+
+
+def _dec_vec(b: bytes) -> np.ndarray:
+    return np.frombuffer(b, dtype=np.float32).copy()
+
+
+class CachedLLM:
+    """Wraps any LLM (the protocol in `llm/base.py`) with cache, replay, budget and counters.
+
+    backend: the model; may be None when `replay=True` (then `name` and `capabilities` are needed).
+    cache: an LLMCache, a path to its SQLite file, ":memory:", or None for ":memory:".
+    replay: never call the model; a cache miss raises CacheMissError.
+    budget: limits on model calls, tokens and seconds (cache hits are free).
+    fallback: an LLM that answers the misses once the budget is spent (its answers are not cached);
+        without one, a spent budget raises BudgetExceededError.
+    """
+
+    def __init__(
+        self,
+        backend: LLM | None,
+        *,
+        cache: LLMCache | str | Path | None = None,
+        replay: bool = False,
+        budget: Budget | None = None,
+        fallback: LLM | None = None,
+        name: str | None = None,
+        capabilities: frozenset[str] | None = None,
+    ):
+        if backend is None and not replay:
+            raise ConfigError("CachedLLM needs a backend unless replay=True")
+        if backend is None and (name is None or capabilities is None):
+            raise ConfigError(
+                "CachedLLM(None, replay=True) needs name= and capabilities= of the recorded model"
+            )
+        self.backend = backend
+        self.name: str = name if name is not None else backend.name  # type: ignore[union-attr]
+        self.capabilities: frozenset[str] = (
+            capabilities if capabilities is not None else backend.capabilities  # type: ignore[union-attr]
+        )
+        self.cache = (
+            cache if isinstance(cache, LLMCache) else LLMCache(cache if cache is not None else ":memory:")
+        )
+        self.replay = replay
+        self.budget = budget
+        self.fallback = fallback
+        self.stats = CallStats()
+
+    def __repr__(self) -> str:
+        return f"<CachedLLM {self.name} cache={self.cache.path!r} replay={self.replay} budget={self.budget}>"
+
+    def __getattr__(self, attr: str) -> Any:
+        # Backend-specific extras (e.g. the hf backend's `module` and `tokenizer`) stay reachable.
+        backend = self.__dict__.get("backend")
+        if backend is None:
+            raise AttributeError(attr)
+        return getattr(backend, attr)
+
+    # -- the mechanism shared by every operation ---------------------------------------------
+
+    def _key(self, op: str, params: Any, item: Any) -> str:
+        blob = json.dumps([self.name, op, params, item], sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+    def _run(
+        self,
+        op: str,
+        keys: list[str],
+        compute: Callable[[LLM, list[int]], Sequence[Any]],
+        encode: Callable[[Any], bytes],
+        decode: Callable[[bytes], Any],
+        describe: Callable[[int], str],
+    ) -> list[Any]:
+        """Answer every input: hits from the cache, misses (deduplicated) in one model call."""
+        stored = self.cache.get_many(keys)
+        results: list[Any] = [None] * len(keys)
+        first_of: dict[str, int] = {}
+        for i, key in enumerate(keys):
+            if key in stored:
+                results[i] = decode(stored[key])
+            elif key not in first_of:
+                first_of[key] = i
+        missing = list(first_of.values())
+        self.stats.calls += len(keys)
+        self.stats.hits += len(keys) - len(missing)
+        if not missing:
+            return results
+        values, from_model = self._compute_misses(op, missing, compute, describe)
+        for i, v in zip(missing, values):
+            results[i] = v
+        for i, key in enumerate(keys):  # duplicates of a missed input within this batch
+            if results[i] is None:
+                results[i] = results[first_of[key]]
+        if from_model:  # a fallback's answers are not the model's: never cache them under its name
+            self.cache.put_many([(keys[i], self.name, op, encode(results[i])) for i in missing])
+        return results
+
+    def _compute_misses(
+        self,
+        op: str,
+        missing: list[int],
+        compute: Callable[[LLM, list[int]], Sequence[Any]],
+        describe: Callable[[int], str],
+    ) -> tuple[Sequence[Any], bool]:
+        if self.replay:
+            raise CacheMissError(
+                f"replay-only run: {op} of {describe(missing[0])} on {self.name} is not in the cache "
+                f"{self.cache.path!r} ({len(missing)} missing in this call); record it first with replay=False"
+            )
+        why = self.budget.exceeded(self.stats, len(missing)) if self.budget else None
+        if why is not None:
+            if self.fallback is None:
+                raise BudgetExceededError(
+                    f"LLM budget spent on {self.name} ({why}); raise the budget (budget=Budget(...)) "
+                    "or pass fallback=<an LLM> to answer the rest"
+                )
+            self.stats.fallbacks += len(missing)
+            return compute(self.fallback, missing), False
+        assert self.backend is not None  # replay=False guarantees a backend (checked in __init__)
+        tokens0 = self.backend.stats.tokens
+        t0 = time.perf_counter()
+        values = compute(self.backend, missing)
+        self.stats.seconds += time.perf_counter() - t0
+        self.stats.tokens += self.backend.stats.tokens - tokens0
+        self.stats.misses += len(missing)
+        return values, True
+
+    # -- the protocol ----------------------------------------------------------------------
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        max_tokens: int = 32,
+        temperature: float = 0.0,
+        stop: Sequence[str] | None = None,
+        images: Sequence[Image | None] | None = None,
+    ) -> list[str]:
+        prompts = list(prompts)
+        imgs = check_images(images, len(prompts))
+        digests = [None if im is None else image_digest(im) for im in imgs]
+        params = {"max_tokens": max_tokens, "temperature": temperature, "stop": list(stop or [])}
+        keys = [self._key("generate", params, [p, d]) for p, d in zip(prompts, digests)]
+        has_images = any(d is not None for d in digests)
+
+        def compute(model: LLM, idx: list[int]) -> list[str]:
+            return model.generate(
+                [prompts[i] for i in idx],
+                max_tokens=max_tokens,
+                temperature=temperature,
+                stop=stop,
+                images=[imgs[i] for i in idx] if has_images else None,
+            )
+
+        return self._run("generate", keys, compute, _enc_text, _dec_text, lambda i: repr(prompts[i][:80]))
+
+    def score(self, prompt: str, continuations: Sequence[str]) -> np.ndarray:
+        conts = list(continuations)
+        keys = [self._key("score", None, [prompt, c]) for c in conts]
+
+        def compute(model: LLM, idx: list[int]) -> list[float]:
+            # One backend call: the prompt is still evaluated once for all the missing continuations.
+            return [float(x) for x in model.score(prompt, [conts[i] for i in idx])]
+
+        out = self._run("score", keys, compute, _enc_float, _dec_float, lambda i: repr(conts[i][:80]))
+        return np.asarray(out, dtype=np.float64)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        texts = list(texts)
+        keys = [self._key("embed", None, t) for t in texts]
+
+        def compute(model: LLM, idx: list[int]) -> list[np.ndarray]:
+            return list(np.asarray(model.embed([texts[i] for i in idx]), dtype=np.float32))
+
+        out = self._run("embed", keys, compute, _enc_vec, _dec_vec, lambda i: repr(texts[i][:80]))
+        return np.stack(out) if out else np.zeros((0, 0), np.float32)
+
+    def features(
+        self,
+        prompts: Sequence[str],
+        *,
+        images: Sequence[Image | None] | None = None,
+        kind: Literal["hidden", "logits"] = "hidden",
+        tokens: Sequence[str] | None = None,
+    ) -> np.ndarray:
+        prompts = list(prompts)
+        toks = check_feature_args(kind, tokens)
+        imgs = check_images(images, len(prompts))
+        digests = [None if im is None else image_digest(im) for im in imgs]
+        params = {"kind": kind, "tokens": toks}
+        keys = [self._key("features", params, [p, d]) for p, d in zip(prompts, digests)]
+        has_images = any(d is not None for d in digests)
+
+        def compute(model: LLM, idx: list[int]) -> list[np.ndarray]:
+            feats = model.features(
+                [prompts[i] for i in idx],
+                images=[imgs[i] for i in idx] if has_images else None,
+                kind=kind,
+                tokens=tokens,
+            )
+            return list(np.asarray(feats, dtype=np.float32))
+
+        out = self._run("features", keys, compute, _enc_vec, _dec_vec, lambda i: repr(prompts[i][:80]))
+        return np.stack(out) if out else np.zeros((0, 0), np.float32)
+
+    def close(self) -> None:
+        self.cache.close()
+        if self.backend is not None and hasattr(self.backend, "close"):
+            self.backend.close()
