@@ -15,6 +15,7 @@ import gymnasium as gym
 
 from llmrl.envs.grid import GridEnv
 from llmrl.envs.make import is_atari, make
+from llmrl.envs.manuals import MANUALS, manual
 from llmrl.envs.text import (
     Describer,
     SnapshotDescriber,
@@ -27,6 +28,8 @@ from llmrl.envs.wrappers import ImageObservation, TextObservation, VectorWithTex
 __all__ = [
     "make",
     "is_atari",
+    "manual",
+    "MANUALS",
     "GridEnv",
     "WithText",
     "VectorWithText",

@@ -45,7 +45,8 @@ __all__ = [
 
 def quantise(value: float, step: float) -> float:
     """Round `value` to a multiple of `step` (and turn -0.0 into 0.0, so the text does not flicker)."""
-    q = round(float(value) / step) * step
+    x = float(value) / step
+    q = math.copysign(math.floor(abs(x) + 0.5), x) * step  # half away from zero, symmetric about 0
     return 0.0 if q == 0 else round(q, 6)
 
 
