@@ -76,7 +76,9 @@ class Advisor:
         if self.source == "text":
             text = info.get("text")
             if not isinstance(text, str):
-                raise ConfigError("Advisor(source='text') needs info['text']: wrap the env in llmrl.envs.WithText.")
+                raise ConfigError(
+                    "Advisor(source='text') needs info['text']: wrap the env in llmrl.envs.WithText."
+                )
             key: Any = text
             if key not in self._memo:
                 prompt = self.template.format(state=text, prompt=self.prompt)

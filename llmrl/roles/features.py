@@ -46,8 +46,9 @@ __all__ = [
 DEFAULT_PROMPT = "What should I do first in this image? Please answer in 200 characters."
 """The seed's default question (its Montezuma's Revenge prompt)."""
 
-DEFAULT_TEMPLATE = "Game state: {state}\nQuestion: {prompt}\nAnswer:"
-"""How the state text and the prompt make one input; the feature is read at its last token."""
+DEFAULT_TEMPLATE = "Question: {prompt}\nGame state: {state}\nAnswer:"
+"""How the prompt and the state text make one input; the feature is read at its last token. The prompt
+comes first so that backends with prefix reuse (llama.cpp) evaluate it once for every state."""
 
 DEFAULT_TOKENS: tuple[str, ...] = (" up", " down", " left", " right", " stay", " yes", " no", " fire")
 """Next-token candidates for `kind="logits"` when none are given: moves and yes/no."""
@@ -67,24 +68,27 @@ def is_image_space(space: gym.Space) -> bool:
 
 
 def has_text(env: gym.Env | gym.vector.VectorEnv) -> bool:
-    """True if some wrapper in the chain puts the state text into `info` (a `WithText`)."""
+    """True if some wrapper in the chain puts the state text into `info` (a `WithText`), or an env
+    declares `provides_text = True` (it writes `info["text"]` itself)."""
     e: Any = env
     while e is not None:
-        if type(e).__name__ == "WithText" or getattr(e, "provides_text", False):
+        if type(e).__name__.endswith("WithText") or getattr(e, "provides_text", False):
             return True
         e = getattr(e, "env", None)
     return False
 
 
 def _with_text(env: Any) -> Any:
-    """Wrap a single env with `llmrl.envs.WithText` if nothing in its chain provides `info["text"]`."""
-    if has_text(env) or isinstance(env, gym.vector.VectorEnv):
-        return env  # vector envs: the text wrapper must sit inside each env (llmrl.make does that)
+    """`llmrl.envs.WithText(env)` if nothing in the chain provides `info["text"]` and the family has a
+    describer; else `env` unchanged (the first step then says which wrapper is missing)."""
+    if has_text(env):
+        return env
     try:
         from llmrl.envs import WithText
-    except ImportError:  # the envs layer is optional for users who bring their own text
+
+        return WithText(env)
+    except (ImportError, ConfigError):  # no describer for this family: the user brings the text
         return env
-    return WithText(env)
 
 
 class LLMFeatures(RoleWrapper):
@@ -293,7 +297,9 @@ class LLMFeatures(RoleWrapper):
         return feats
 
     def _blank_image(self, env: Any) -> np.ndarray:
-        space = env.single_observation_space if isinstance(env, gym.vector.VectorEnv) else env.observation_space
+        space = (
+            env.single_observation_space if isinstance(env, gym.vector.VectorEnv) else env.observation_space
+        )
         shape = space.shape if is_image_space(space) else (64, 64, 3)
         return np.zeros(shape, dtype=np.uint8)
 

@@ -127,7 +127,9 @@ def test_vector_env_batches_one_call_per_step():
     n0 = len(llm.batches)
     obs, *_ = env.step(np.array([1, 0, 1]))
     # envs 0 and 2 moved to "at 1" (one input, deduplicated), env 1 stayed at "at 0": one call, one input
-    assert len(llm.batches) == n0 + 1 and llm.batches[-1] == [DEFAULT_TEMPLATE.format(state="at 1", prompt="Where?")]
+    assert len(llm.batches) == n0 + 1 and llm.batches[-1] == [
+        DEFAULT_TEMPLATE.format(state="at 1", prompt="Where?")
+    ]
     np.testing.assert_allclose(obs["llm"][0], expected(llm, "at 1"), rtol=1e-5)
     np.testing.assert_allclose(obs["llm"][1], expected(llm, "at 0"), rtol=1e-5)
     np.testing.assert_array_equal(obs["llm"][0], obs["llm"][2])
@@ -157,7 +159,9 @@ def test_logits_kind_and_dict_observation():
     assert set(env.observation_space.spaces) == {"pos", "llm"}
     obs, _ = env.reset()
     assert obs["llm"].shape == (2,)
-    np.testing.assert_allclose(obs["llm"], llm.vector(DEFAULT_TEMPLATE.format(state="at 0", prompt="Where?"))[:2])
+    np.testing.assert_allclose(
+        obs["llm"], llm.vector(DEFAULT_TEMPLATE.format(state="at 0", prompt="Where?"))[:2]
+    )
 
 
 def test_image_source_hashes_frames():
@@ -185,6 +189,7 @@ def test_clear_errors():
         LLMFeatures(ChainEnv(), FakeLLM(), kind="probs")
     with pytest.raises(UnsupportedOperationError, match="image-text model"):
         LLMFeatures(ChainEnv(), FakeLLM(), source="image")
+
     class NoText(ChainEnv):  # claims to provide text (so nothing wraps it) but does not
         def reset(self, *, seed=None, options=None):
             return super().reset(seed=seed)[0], {}
@@ -198,8 +203,74 @@ def test_advisor_memo_language_and_panel_text():
     llm = FakeLLM()
     advise = Advisor(llm, "Where?", language="Japanese")
     a = advise(None, {"text": "at 0"})
-    assert a == f"advice for {len(DEFAULT_TEMPLATE.format(state='at 0', prompt='Where? Answer in Japanese.'))}"
+    assert (
+        a == f"advice for {len(DEFAULT_TEMPLATE.format(state='at 0', prompt='Where? Answer in Japanese.'))}"
+    )
     assert advise(None, {"text": "at 0"}) == a and len(llm.generated) == 1
-    assert llm.generated[0].endswith("Question: Where? Answer in Japanese.\nAnswer:")
+    assert llm.generated[0] == "Question: Where? Answer in Japanese.\nGame state: at 0\nAnswer:"
     with pytest.raises(ConfigError, match="WithText"):
         advise(None, {})
+
+
+# -- the real embedded model (Gemma 3 270M on llama.cpp) ---------------------------------------------
+
+GRID_PROMPT = "Please tell me in 200 characters where the cat should move next."
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    import llmrl.llm
+
+    return llmrl.llm.load("embedded")
+
+
+def test_embedded_features_on_grid_text(embedded):
+    from llmrl.envs import make
+
+    env = LLMFeatures(make("llmrl/Grid-v0"), embedded, prompt=GRID_PROMPT)  # WithText added for us
+    assert env.observation_space["llm"].shape == (640,)  # Gemma 3 270M width
+    obs, info = env.reset(seed=0)
+    assert info["text"].startswith("cat at column 1, row 1")
+    feat0 = obs["llm"]
+    # standardised, then the few outlier dimensions clipped to ±5: mean near 0, std just under 1
+    assert np.isfinite(feat0).all() and abs(feat0.mean()) < 0.05 and 0.7 < feat0.std() <= 1.0
+    assert np.abs(feat0).max() == pytest.approx(5.0)
+    again = embedded.features([DEFAULT_TEMPLATE.format(state=info["text"], prompt=GRID_PROMPT)])[0]
+    np.testing.assert_allclose(
+        feat0, np.clip((again - again.mean()) / (again.std() + 1e-6), -5, 5), atol=1e-4
+    )
+    texts, feats = {info["text"]}, {info["text"]: feat0}
+    for a in [1, 1, 0, 0, 1, 1, 2, 3, 3, 0]:
+        obs, _, term, trunc, info = env.step(a)
+        texts.add(info["text"])
+        feats[info["text"]] = obs["llm"]
+        if term or trunc:
+            obs, info = env.reset()
+    # one forward pass per distinct state (plus the probe at construction), and states are told apart
+    assert env.llmrl_metrics()["llm/calls"] == len(texts) + 1
+    vs = list(feats.values())
+    assert len(vs) >= 2 and not np.allclose(vs[0], vs[1], atol=1e-2)
+
+
+def test_dqn_and_ppo_train_on_embedded_features_vector_env(embedded):
+    from llmrl.agents.dqn import DQN
+    from llmrl.agents.ppo import PPO
+    from llmrl.envs import make
+
+    env = LLMFeatures(
+        make("llmrl/Grid-v0", num_envs=2),
+        embedded,
+        prompt=GRID_PROMPT,
+        kind="logits",
+        tokens=[" up", " down", " left", " right"],
+    )
+    assert env.observation_space["llm"].shape == (2, 4)
+    dqn = DQN(env, seed=0, learning_starts=50)
+    dqn.learn(300, progress_bar=False)
+    ppo = PPO(env, seed=0, n_steps=32)
+    ppo.learn(128, progress_bar=False)
+    obs, _ = env.reset(seed=1)
+    label, q = dqn.action_values({k: v[0] for k, v in obs.items()})
+    assert label == "Q" and q.shape == (4,) and np.isfinite(q).all()
+    assert dqn.predict(obs).shape == (2,) and ppo.predict(obs).shape == (2,)
+    assert env.llmrl_metrics()["llm/hit_rate"] > 0.9  # 11 states: nearly every step is a memo hit
