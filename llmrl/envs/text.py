@@ -148,8 +148,8 @@ class GridDescriber(SnapshotDescriber):
         super().__init__()
         grid = env.grid
         self._h = env.height
-        self._goals = [tuple(int(v) for v in p) for p in np.argwhere(grid == "G")]
-        self._pits = [tuple(int(v) for v in p) for p in np.argwhere(grid == "P")]
+        self._goals = [(int(r), int(c)) for r, c in np.argwhere(grid == "G")]
+        self._pits = [(int(r), int(c)) for r, c in np.argwhere(grid == "P")]
         self._env = env
         self._cache: dict[tuple[int, int], str] = {}  # one text per cell: the state is the cell
 
@@ -186,7 +186,7 @@ class GridDescriber(SnapshotDescriber):
     def caption(
         self, prev: Any, snap: Any, action: Any, reward: float, terminated: bool, truncated: bool, info: dict
     ) -> str:
-        cell = info.get("cell", self._env.cell(snap))
+        cell = info["cell"] if "cell" in info else self._env.cell(snap)
         if terminated and cell == "G":
             return "reached the goal"
         if terminated and cell == "P":
@@ -317,8 +317,8 @@ class PendulumDescriber(SnapshotDescriber):
 
 # -- dispatch -------------------------------------------------------------------------------------
 
-_Factory = Callable[[gym.Env], Describer]
-_REGISTERED: list[tuple[Callable[[gym.Env], bool], _Factory]] = []
+_Factory = Callable[[Any], Describer]
+_REGISTERED: list[tuple[Callable[[Any], bool], _Factory]] = []
 
 _CLASSIC = {
     "CartPoleEnv": CartPoleDescriber,
@@ -330,7 +330,7 @@ _CLASSIC = {
 }
 
 
-def register_describer(match: type | Callable[[gym.Env], bool], factory: _Factory) -> None:
+def register_describer(match: type | Callable[[Any], bool], factory: _Factory) -> None:
     """Teach `describer_for` a new family: `match` is an env class (of `env.unwrapped`) or a predicate.
     Registered describers are tried before the built-in ones."""
     pred = (lambda env: isinstance(env.unwrapped, match)) if isinstance(match, type) else match
@@ -365,7 +365,7 @@ def describer_for(env: gym.Env | gym.vector.VectorEnv) -> Describer:
         if pred(env):
             return factory(env)
     family = family_of(env)
-    base = env.unwrapped
+    base: Any = env.unwrapped
     if family == "grid":
         return GridDescriber(base)
     if type(base).__name__ in _CLASSIC:

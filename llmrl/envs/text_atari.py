@@ -72,13 +72,15 @@ class AtariDescriber(SnapshotDescriber):
     ) -> tuple[tuple[tuple[str, int, int, str], ...], int, int]:
         if env is None:
             raise ValueError("AtariDescriber reads the console RAM; pass the env")
-        ale = env.unwrapped.ale
+        ale = env.unwrapped.ale  # type: ignore[attr-defined]
         # int64 copy: some extractors do arithmetic that overflows uint8 under NumPy 2 rules.
         ram = ale.getRAM().astype(np.int64)
         if not self._objects:
             self._objects = self._ram_info.init_objects(self.game, False)
         self._ram_info.detect_objects_ram(self._objects, ram, self.game, False)
-        objects, last, counts = [], {}, {}
+        objects: list[tuple[str, int, int, str]] = []
+        last: dict[tuple[str, int], tuple[float, float]] = {}
+        counts: dict[str, int] = {}
         for obj in self._objects:
             if not obj:
                 continue

@@ -72,7 +72,7 @@ class WithText(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
     def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict]:
         obs, reward, terminated, truncated, info = self.env.step(action)
-        text, caption = self.describer.step(self.env, obs, action, reward, terminated, truncated, info)
+        text, caption = self.describer.step(self.env, obs, action, float(reward), terminated, truncated, info)
         self.text, self.caption = text, _finish_caption(caption, truncated)
         return obs, reward, terminated, truncated, {**info, "text": self.text, "caption": self.caption}
 

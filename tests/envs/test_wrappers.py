@@ -105,3 +105,16 @@ def test_with_text_passes_checkers_on_classic_control(env_id: str) -> None:
     env = WithText(make(env_id))
     _quiet_check(env)
     sb3_check_env(env)
+
+
+def test_with_text_checkers_on_minigrid_and_atari() -> None:
+    pytest.importorskip("minigrid")
+    pytest.importorskip("ocatari")
+    _quiet_check(WithText(make("MiniGrid-DoorKey-5x5-v0")))
+    _quiet_check(TextObservation(make("MiniGrid-DoorKey-5x5-v0")))
+    image = ImageObservation(make("MiniGrid-DoorKey-5x5-v0", render_mode="rgb_array"), size=64)
+    _quiet_check(image)
+    sb3_check_env(image)
+    atari = WithText(make("ALE/Pong-v5"))
+    _quiet_check(atari)
+    sb3_check_env(atari)
