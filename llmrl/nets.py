@@ -47,6 +47,7 @@ __all__ = [
     "empty_obs_storage",
     "tree_map",
     "has_image",
+    "flatten_parameters",
 ]
 
 Obs = torch.Tensor | dict[str, torch.Tensor]
@@ -235,3 +236,33 @@ def tree_map(fn: Callable[[torch.Tensor], torch.Tensor], x: Obs) -> Obs:
     if isinstance(x, dict):
         return {k: fn(v) for k, v in x.items()}
     return fn(x)
+
+
+def flatten_parameters(module: nn.Module) -> nn.Parameter:
+    """Make all parameters of `module` (and their gradients) views into one flat tensor.
+
+    Returns the flat parameter, whose `.grad` holds every gradient: give it alone to the optimizer
+    (`torch.optim.Adam([flat], fused=True)`), clip its gradient norm in one op, and zero it with
+    `flat.grad.zero_()` (never `zero_grad(set_to_none=True)` on the module, which would cut the views).
+    For the small networks of classic control this removes most per-tensor optimizer overhead
+    (one fused Adam kernel instead of one per weight); the math is unchanged.
+    """
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError(f"{type(module).__name__} has no trainable parameters.")
+    dtypes = {(p.dtype, p.device) for p in params}
+    if len(dtypes) != 1:
+        raise ConfigError(
+            f"parameters of {type(module).__name__} mix dtypes/devices {dtypes}; cannot flatten them."
+        )
+    n = sum(p.numel() for p in params)
+    flat = nn.Parameter(torch.empty(n, dtype=params[0].dtype, device=params[0].device))
+    flat.grad = torch.zeros_like(flat)
+    offset = 0
+    for p in params:
+        k = p.numel()
+        flat.data[offset : offset + k].copy_(p.data.reshape(-1))
+        p.data = flat.data[offset : offset + k].view_as(p)
+        p.grad = flat.grad[offset : offset + k].view_as(p)  # backward accumulates in place into these views
+        offset += k
+    return flat

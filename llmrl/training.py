@@ -162,10 +162,12 @@ def plot_learning_curve(run_dir: str | os.PathLike, *, window: int = 20, title: 
         raise CheckpointError(
             f"{path} does not exist; train with learn(..., run_dir={str(run_dir)!r}) first."
         )
-    data = np.genfromtxt(path, delimiter=",", names=True, ndmin=1)
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
     fig, ax = plt.subplots(figsize=(7, 4))
-    if data.size:
-        steps, rets = np.atleast_1d(data["step"]), np.atleast_1d(data["return"])
+    if rows:
+        steps = np.array([float(r["step"]) for r in rows])
+        rets = np.array([float(r["return"]) for r in rows])
         ax.plot(steps, rets, alpha=0.3, lw=0.8, label="episode return")
         if len(rets) >= window:
             mean = np.convolve(rets, np.ones(window) / window, mode="valid")

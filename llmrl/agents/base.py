@@ -261,7 +261,10 @@ class Agent:
         names = [f.name for f in dataclasses.fields(cls.config_class)]
         for key in config:
             if key not in names:
-                close = difflib.get_close_matches(key, names, n=1)
+                initials = [
+                    n for n in names if "".join(w[0] for w in n.split("_")) == key
+                ]  # lr -> learning_rate
+                close = initials or difflib.get_close_matches(key, names, n=1, cutoff=0.5)
                 hint = f" Did you mean {close[0]!r}?" if close else ""
                 raise ConfigError(
                     f"{key!r} is not a {cls.config_class.__name__} setting.{hint} Valid settings: {', '.join(names)}."

@@ -23,7 +23,16 @@ from gymnasium import spaces
 from torch import nn
 
 from llmrl.agents.base import Agent, check
-from llmrl.nets import Obs, build_encoder, build_network, empty_obs_storage, has_image, mlp, tree_map
+from llmrl.nets import (
+    Obs,
+    build_encoder,
+    build_network,
+    empty_obs_storage,
+    flatten_parameters,
+    has_image,
+    mlp,
+    tree_map,
+)
 
 __all__ = ["PPO", "PPOConfig", "ActorCritic", "compute_gae"]
 
@@ -141,25 +150,38 @@ class ActorCritic(nn.Module):
             return self.actor(h), self.critic(h).squeeze(-1)
         return self.actor(obs), self.critic(obs).squeeze(-1)
 
-    def log_prob_entropy(self, out: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-probability of `actions` and entropy per sample, both (B,). Hand-written rather than
-        torch.distributions: same math, far less per-call overhead on small batches."""
+    @property
+    def separate(self) -> bool:
+        """True when the actor needs no critic computation (so rollouts run the actor alone)."""
+        return self.body is None and self.trunk is None
+
+    def policy_out(self, obs: Obs) -> torch.Tensor:
+        return self.actor(obs) if self.separate else self(obs)[0]
+
+    def log_prob(self, out: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Log-probability (B,) of `actions` under the policy `out` (logits or Gaussian mean). Hand-written
+        rather than torch.distributions: same math, far less per-call overhead on small batches."""
         if self.discrete:
-            logp_all = torch.log_softmax(out, dim=-1)  # (B, n)
-            logp = logp_all.gather(1, actions.long().unsqueeze(1)).squeeze(1)
-            entropy = -(logp_all.exp() * logp_all).sum(-1)
-            return logp, entropy
+            return torch.log_softmax(out, dim=-1).gather(1, actions.long().unsqueeze(1)).squeeze(1)
         log_std = self.log_std.expand_as(out)  # type: ignore[union-attr]
         z = (actions - out) * torch.exp(-log_std)
-        logp = (-0.5 * z.pow(2) - log_std - 0.5 * _LOG_2PI).sum(-1)
-        entropy = (log_std + 0.5 + 0.5 * _LOG_2PI).sum(-1)
-        return logp, entropy
+        return (-0.5 * z.pow(2) - log_std - 0.5 * _LOG_2PI).sum(-1)
+
+    def entropy(self, out: torch.Tensor) -> torch.Tensor:
+        """Entropy (B,) of the policy `out`."""
+        if self.discrete:
+            logp_all = torch.log_softmax(out, dim=-1)  # (B, n)
+            return -(logp_all.exp() * logp_all).sum(-1)
+        return (self.log_std + 0.5 + 0.5 * _LOG_2PI).sum(-1).expand(out.shape[0])  # type: ignore[operator]
 
     def sample(self, out: torch.Tensor, deterministic: bool) -> torch.Tensor:
         if self.discrete:
             if deterministic:
                 return out.argmax(-1)
-            return torch.multinomial(torch.softmax(out, -1), 1).squeeze(1)
+            # inverse-CDF sampling: one uniform per row; cheaper than torch.multinomial at batch 1
+            cdf = torch.softmax(out, -1).cumsum(-1)  # (B, n)
+            idx = (cdf < torch.rand(out.shape[0], 1, device=out.device)).sum(-1)
+            return idx.clamp_(max=out.shape[-1] - 1)
         if deterministic:
             return out
         return out + torch.randn_like(out) * self.log_std.exp()  # type: ignore[union-attr]
@@ -181,16 +203,20 @@ def compute_gae(
     bootstraps 0, a truncated one bootstraps V(final obs), and the recursion does not cross into the
     reset step that follows (its own advantage is meaningless and masked out by the caller).
     """
-    T = rewards.shape[0]
-    adv = np.zeros_like(rewards, dtype=np.float32)
-    last = np.zeros_like(next_value, dtype=np.float32)
-    for t in reversed(range(T)):
-        nv = next_value if t == T - 1 else values[t + 1]
-        delta = rewards[t] + gamma * nv * (1.0 - terminated[t]) - values[t]
-        # bootstrap value if not terminated; the advantage chain stops at any episode end
-        last = delta + gamma * gae_lambda * (1.0 - (terminated[t] | truncated[t])) * last
-        adv[t] = last
-    return adv
+    next_values = np.concatenate([values[1:], np.asarray(next_value)[None]], axis=0)  # (T, N)
+    # bootstrap value if not terminated (a truncated episode keeps V(final obs))
+    delta = rewards + gamma * next_values * (1.0 - terminated) - values
+    # the advantage chain stops at any episode end
+    decay = gamma * gae_lambda * (1.0 - (terminated | truncated))
+    # A_t = delta_t + decay_t * A_{t+1}: sequential in t; plain python floats beat numpy on these short rows
+    cols = []
+    for d_col, c_col in zip(delta.T.tolist(), decay.T.tolist()):
+        last, col = 0.0, [0.0] * len(d_col)
+        for t in range(len(d_col) - 1, -1, -1):
+            last = d_col[t] + c_col[t] * last
+            col[t] = last
+        cols.append(col)
+    return np.asarray(cols, dtype=np.float32).T.reshape(rewards.shape)
 
 
 class PPO(Agent):
@@ -210,29 +236,39 @@ class PPO(Agent):
         self.model = ActorCritic(self.observation_space, self.action_space, self.config, policy).to(
             self.device
         )
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.config.learning_rate,
-                                          eps=self.config.adam_eps)  # fmt: skip
+        # one flat parameter tensor: one fused Adam kernel and one-op grad clipping (see flatten_parameters)
+        self.flat_params = flatten_parameters(self.model)
+        self.optimizer = torch.optim.Adam([self.flat_params], lr=self.config.learning_rate, eps=self.config.adam_eps,
+                                          fused=self.device.type in ("cpu", "cuda"))  # fmt: skip
         self.n_updates = 0
 
     # -- acting ---------------------------------------------------------------------------------------------
 
     def _act(self, obs: Obs, deterministic: bool) -> torch.Tensor:
-        out, _ = self.model(obs)
-        return self.model.sample(out, deterministic)
+        return self.model.sample(self.model.policy_out(obs), deterministic)
 
     def action_values(self, obs: Any) -> tuple[str, np.ndarray]:
         """("p", action probabilities) for Discrete actions; ("mean", Gaussian mean) for Box actions."""
         batch, _ = self._batched(obs)
         with torch.inference_mode():
-            out, _ = self.model(self._to_tensor(batch))
+            out = self.model.policy_out(self._to_tensor(batch))
         if self.model.discrete:
             return "p", torch.softmax(out, -1)[0].cpu().numpy()
         return "mean", out[0].cpu().numpy()
 
+    def _values(self, obs: Obs, chunk: int = 1024) -> torch.Tensor:
+        """V(obs) for a flat batch (B, ...) in chunks (bounded memory for images) -> (B,)."""
+        n = (obs if isinstance(obs, torch.Tensor) else next(iter(obs.values()))).shape[0]
+        parts = [
+            self.model(tree_map(lambda x, i=i: x[i : i + chunk].to(self.device), obs))[1]
+            for i in range(0, n, chunk)
+        ]
+        return torch.cat(parts)
+
     # -- one iteration: rollout, advantages, update -----------------------------------------------------------
 
     def _iteration(self, total_timesteps: int) -> dict[str, float]:
-        cfg, T, N = self.config, self.config.n_steps, self.num_envs
+        cfg, T, N, model = self.config, self.config.n_steps, self.num_envs, self.model
         if cfg.anneal_lr:
             frac = max(1.0 - self.num_timesteps / total_timesteps, 0.0)
             for group in self.optimizer.param_groups:
@@ -245,7 +281,7 @@ class PPO(Agent):
         terminated = np.zeros((T, N), dtype=bool)
         truncated = np.zeros((T, N), dtype=bool)
         valid = np.zeros((T, N), dtype=bool)
-        actions, logps, values = [], [], []
+        outs, actions, values = [], [], []
         clip_low = clip_high = None
         if isinstance(self.action_space, spaces.Box):
             clip_low, clip_high = self.action_space.low, self.action_space.high
@@ -255,17 +291,19 @@ class PPO(Agent):
                 if isinstance(obs_np, dict):
                     for k, arr in obs_np.items():
                         arr[t] = self._obs[k]
-                    obs_t = {k: v[t] for k, v in obs_buf.items()}
+                    obs_t = {k: v[t].to(self.device) for k, v in obs_buf.items()}
                 else:
                     obs_np[t] = self._obs
-                    obs_t = obs_buf[t]
-                out, value = self.model(obs_t.to(self.device) if isinstance(obs_t, torch.Tensor) else
-                                        tree_map(lambda x: x.to(self.device), obs_t))  # fmt: skip
-                action = self.model.sample(out, deterministic=False)
-                logp, _ = self.model.log_prob_entropy(out, action)
+                    obs_t = obs_buf[t].to(self.device)
+                # separate actor and critic: only the actor runs per step; values come batched after the rollout
+                if model.separate:
+                    out = model.actor(obs_t)
+                else:
+                    out, value = model(obs_t)
+                    values.append(value)
+                action = model.sample(out, deterministic=False)
+                outs.append(out)
                 actions.append(action)
-                logps.append(logp)
-                values.append(value)
                 env_action = action.cpu().numpy()
                 if clip_low is not None:  # the Gaussian is unbounded; the env gets the clipped action
                     env_action = np.clip(env_action, clip_low, clip_high)
@@ -273,19 +311,28 @@ class PPO(Agent):
                 rewards[t], terminated[t], truncated[t], valid[t] = r, term, trunc, ok
                 if "reward_relabel" in infos:
                     self._apply_relabel(infos, rewards, valid, t)
-            _, next_value = self.model(self._to_tensor(self._obs))
 
-        actions_t = torch.stack(actions)  # (T, N) or (T, N, d)
-        logps_t = torch.stack(logps)  # (T, N)
-        values_t = torch.stack(values)  # (T, N)
+            actions_t = torch.stack(actions)  # (T, N) or (T, N, d)
+            logps_t = model.log_prob(torch.cat(outs), actions_t.reshape(T * N, *actions_t.shape[2:])).reshape(
+                T, N
+            )
+            if model.separate:
+                values_t = self._values(tree_map(lambda x: x.reshape(T * N, *x.shape[2:]), obs_buf)).reshape(
+                    T, N
+                )
+            else:
+                values_t = torch.stack(values)  # (T, N)
+            next_value = self._values(self._to_tensor(self._obs))
+
         adv = compute_gae(rewards, values_t.cpu().numpy(), next_value.cpu().numpy(), terminated, truncated,
                           cfg.gamma, cfg.gae_lambda)  # fmt: skip
         adv_t = torch.as_tensor(adv, device=self.device)
         returns_t = adv_t + values_t
         metrics = self._update(obs_buf, actions_t, logps_t, values_t, adv_t, returns_t, valid)
-        var_y = returns_t[torch.as_tensor(valid)].var()
-        metrics["explained_variance"] = float(
-            1 - (returns_t - values_t)[torch.as_tensor(valid)].var() / var_y if var_y > 0 else float("nan")
+        mask = torch.as_tensor(valid, device=self.device)
+        var_y = returns_t[mask].var()
+        metrics["explained_variance"] = (
+            float(1 - (returns_t - values_t)[mask].var() / var_y) if var_y > 0 else float("nan")
         )
         metrics["learning_rate"] = self.optimizer.param_groups[0]["lr"]
         return metrics
@@ -305,65 +352,74 @@ class PPO(Agent):
     def _update(
         self, obs_buf: Obs, actions, old_logp, old_values, advantages, returns, valid
     ) -> dict[str, float]:
-        cfg, model = self.config, self.model
-        flat = lambda x: x.reshape(-1, *x.shape[2:]).to(self.device)  # noqa: E731  (T, N, ...) -> (T*N, ...)
+        cfg, model, bs = self.config, self.model, self.config.batch_size
+        keep = torch.as_tensor(np.flatnonzero(valid.reshape(-1)), device=self.device)  # reset steps dropped
+        n = len(keep)
+        flat = lambda x: x.reshape(-1, *x.shape[2:]).to(self.device)[keep]  # noqa: E731  (T, N, ...) -> (n, ...)
         b_obs = tree_map(flat, obs_buf)
-        b_actions, b_logp, b_values = flat(actions), flat(old_logp), flat(old_values)
-        b_adv, b_returns = flat(advantages), flat(returns)
-        idx_valid = torch.as_tensor(
-            np.flatnonzero(valid.reshape(-1)), device=self.device
-        )  # reset steps dropped
-        n = len(idx_valid)
-        pg_losses, v_losses, entropies, kls, clipfracs = [], [], [], [], []
+        b_actions, b_logp, b_values, b_adv, b_returns = map(
+            flat, (actions, old_logp, old_values, advantages, returns)
+        )
+        pg_losses, v_losses, log_ratios, outs = [], [], [], []
         stop = False
         for _epoch in range(cfg.n_epochs):
-            perm = idx_valid[torch.randperm(n, device=self.device)]
-            for start in range(0, n, cfg.batch_size):
-                mb = perm[start : start + cfg.batch_size]
-                out, v = model(tree_map(lambda x, mb=mb: x[mb], b_obs))
-                logp, entropy = model.log_prob_entropy(out, b_actions[mb])
-                log_ratio = logp - b_logp[mb]
+            # shuffle once per epoch; minibatches are then contiguous slices (views, no per-minibatch gathers)
+            perm = torch.randperm(n, device=self.device)
+            e_obs = tree_map(lambda x, perm=perm: x[perm], b_obs)
+            e_actions, e_logp, e_values, e_adv, e_returns = (
+                x[perm] for x in (b_actions, b_logp, b_values, b_adv, b_returns)
+            )
+            if cfg.normalize_advantage:  # per minibatch, as SB3 and CleanRL do; all minibatches in one go
+                e_adv = _normalize_chunks(e_adv, bs)
+            for start in range(0, n, bs):
+                sl = slice(start, start + bs)
+                out, v = model(tree_map(lambda x, sl=sl: x[sl], e_obs))
+                log_ratio = model.log_prob(out, e_actions[sl]) - e_logp[sl]
                 ratio = log_ratio.exp()
-                with torch.no_grad():  # http://joschu.net/blog/kl-approx.html
-                    approx_kl = ((ratio - 1) - log_ratio).mean()
-                    clipfracs.append(((ratio - 1.0).abs() > cfg.clip_range).float().mean())
-                mb_adv = b_adv[mb]
-                if cfg.normalize_advantage and len(mb) > 1:
-                    mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
-                # clipped surrogate objective (Schulman et al. 2017, eq. 7)
-                pg_loss = torch.max(
-                    -mb_adv * ratio, -mb_adv * ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range)
+                if cfg.target_kl is not None:
+                    with torch.no_grad():  # http://joschu.net/blog/kl-approx.html
+                        if ((ratio - 1) - log_ratio).mean() > 1.5 * cfg.target_kl:
+                            stop = True
+                            break
+                # clipped surrogate objective (Schulman et al. 2017, eq. 7), as a loss to minimise
+                adv = e_adv[sl]
+                pg_loss = -torch.min(
+                    adv * ratio, adv * ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range)
                 ).mean()
                 if cfg.clip_range_vf is None:
-                    v_loss = (b_returns[mb] - v).pow(2).mean()
+                    v_loss = nn.functional.mse_loss(v, e_returns[sl])
                 else:  # PPO2's clipped value loss: the worse of clipped and unclipped
-                    v_clip = b_values[mb] + (v - b_values[mb]).clamp(-cfg.clip_range_vf, cfg.clip_range_vf)
-                    v_loss = torch.max((b_returns[mb] - v).pow(2), (b_returns[mb] - v_clip).pow(2)).mean()
-                ent = entropy.mean()
-                loss = pg_loss - cfg.ent_coef * ent + cfg.vf_coef * v_loss
-                if cfg.target_kl is not None and approx_kl > 1.5 * cfg.target_kl:
-                    stop = True
-                    break
-                self.optimizer.zero_grad(set_to_none=True)
+                    v_old = e_values[sl]
+                    v_clip = v_old + (v - v_old).clamp(-cfg.clip_range_vf, cfg.clip_range_vf)
+                    v_loss = torch.max((e_returns[sl] - v).pow(2), (e_returns[sl] - v_clip).pow(2)).mean()
+                loss = pg_loss + cfg.vf_coef * v_loss
+                if cfg.ent_coef > 0:
+                    loss = loss - cfg.ent_coef * model.entropy(out).mean()
+                self.flat_params.grad.zero_()  # type: ignore[union-attr]
                 loss.backward()
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                nn.utils.clip_grad_norm_([self.flat_params], cfg.max_grad_norm)
                 self.optimizer.step()
                 self.n_updates += 1
+                # diagnostics are computed once at the end from these detached pieces
                 pg_losses.append(pg_loss.detach())
                 v_losses.append(v_loss.detach())
-                entropies.append(ent.detach())
-                kls.append(approx_kl)
+                log_ratios.append(log_ratio.detach())
+                outs.append(out.detach())
             if stop:
                 break
-        mean = lambda xs: float(torch.stack(xs).mean()) if xs else float("nan")  # noqa: E731
-        return {
-            "loss/policy": mean(pg_losses),
-            "loss/value": mean(v_losses),
-            "entropy": mean(entropies),
-            "approx_kl": mean(kls),
-            "clip_fraction": mean(clipfracs),
-            "n_updates": float(self.n_updates),
-        }
+        if not pg_losses:
+            return {"n_updates": float(self.n_updates)}
+        with torch.no_grad():
+            log_ratio = torch.cat(log_ratios)
+            ratio = log_ratio.exp()
+            return {
+                "loss/policy": float(torch.stack(pg_losses).mean()),
+                "loss/value": float(torch.stack(v_losses).mean()),
+                "entropy": float(model.entropy(torch.cat(outs)).mean()),
+                "approx_kl": float(((ratio - 1) - log_ratio).mean()),
+                "clip_fraction": float(((ratio - 1).abs() > cfg.clip_range).float().mean()),
+                "n_updates": float(self.n_updates),
+            }
 
     # -- checkpoint state -------------------------------------------------------------------------------------
 
@@ -378,3 +434,17 @@ class PPO(Agent):
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.n_updates = int(state["n_updates"])
+
+
+def _normalize_chunks(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Normalise each consecutive chunk of `size` entries to zero mean, unit std (a chunk of 1 is left as is)."""
+    n_full = (len(x) // size) * size
+    parts = []
+    if n_full:
+        full = x[:n_full].view(-1, size)  # (n_minibatches, size)
+        parts.append(((full - full.mean(1, keepdim=True)) / (full.std(1, keepdim=True) + 1e-8)).reshape(-1))
+    rest = x[n_full:]
+    if len(rest) > 1:
+        rest = (rest - rest.mean()) / (rest.std() + 1e-8)
+    parts.append(rest)
+    return torch.cat(parts)
