@@ -62,6 +62,9 @@ class RoleWrapper(gym.Wrapper):
             else self.single_observation_space
         )
         self._starts = np.ones(self.num_envs, dtype=bool)
+        # Single env: the batch-of-one spaces, built once (batch_space deep-copies; per step it cost
+        # more than a small role's whole logic).
+        self._out_batch1 = None if self.is_vector else batch_space(self.single_observation_space, 1)
 
     # -- what a role implements ------------------------------------------------------------
 
@@ -128,7 +131,7 @@ class RoleWrapper(gym.Wrapper):
             batched = concatenate(inner_space, [obs], create_empty_array(inner_space, 1))
             infos = [dict(info)]
             out, rewards = self.process(batched, rewards, term, trunc, infos, starts)
-            out_obs = next(iter(iterate(batch_space(self.single_observation_space, 1), out)))
+            out_obs = next(iter(iterate(self._out_batch1, out)))
             info = infos[0]
         if return_rewards:
             return out_obs, info, rewards
