@@ -95,14 +95,12 @@ def test_embed():
         proc.wait(10)
 
 
-def test_score_refusal_then_server_killed_during_a_call():
+def test_server_killed_during_a_call_gives_unavailable_not_a_hang():
     port = _free_port()
-    proc = _start(port)  # no logits_all: echo log-probs are refused
+    proc = _start(port)
     llm = load(
         "openai:gemma", base_url=f"http://127.0.0.1:{port}/v1", chat=False, timeout=5, retries=2, backoff=0.2
     )
-    with pytest.raises(UnsupportedOperationError, match="embedded"):
-        llm.score("The sky is", [" blue"])
     # killed during a call: retries, then LLMUnavailableError within bounded time, never a hang
     threading.Timer(1.0, proc.kill).start()
     t0 = time.time()
