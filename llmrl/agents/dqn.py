@@ -19,6 +19,7 @@ steps (transitions), ε decays linearly over `exploration_fraction` of `learn`'s
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,14 +27,13 @@ import numpy as np
 import torch
 from gymnasium import spaces
 from torch import nn
-from torch.nn import functional as F
 
 from llmrl.agents.base import Agent, check
 from llmrl.buffers import ReplayBatch, ReplayBuffer
 from llmrl.errors import ConfigError
 from llmrl.nets import Obs, build_encoder, has_image, mlp, obs_to_tensor, tree_map
 
-__all__ = ["DQN", "DQNConfig", "QNetwork"]
+__all__ = ["DQN", "DQNConfig", "QNetwork", "FlatAdam"]
 
 
 @dataclass
@@ -123,6 +123,13 @@ class DQNConfig:
               f"use at least batch_size={self.batch_size}")  # fmt: skip
 
 
+class _ReLU(nn.ReLU):
+    """ReLU in place: the Linear output it overwrites is not needed by autograd (saves an allocation)."""
+
+    def __init__(self) -> None:
+        super().__init__(inplace=True)
+
+
 class QNetwork(nn.Module):
     """encoder (from the observation space) -> MLP -> Q-values (B, n_actions); optionally dueling.
 
@@ -136,11 +143,11 @@ class QNetwork(nn.Module):
         self.encoder, dim = build_encoder(space, orthogonal=False)
         self.dueling = dueling
         if dueling:
-            self.trunk = mlp(dim, hidden, None, orthogonal=False)
+            self.trunk = mlp(dim, hidden, None, activation=_ReLU, orthogonal=False)
             self.value = nn.Linear(hidden[-1] if hidden else dim, 1)
             self.advantage = nn.Linear(hidden[-1] if hidden else dim, n_actions)
         else:
-            self.head = mlp(dim, hidden, n_actions, orthogonal=False)
+            self.head = mlp(dim, hidden, n_actions, activation=_ReLU, orthogonal=False)
 
     def forward(self, obs: Obs) -> torch.Tensor:
         x = self.encoder(obs)  # (B, features)
@@ -182,9 +189,7 @@ class DQN(Agent):
         self.q_net.to(self.device)
         self.q_target = copy.deepcopy(self.q_net)
         self.q_target.requires_grad_(False)
-        self.optimizer = torch.optim.Adam(
-            self.q_net.parameters(), lr=cfg.learning_rate, **_fast_adam(self.device)
-        )
+        self.optimizer = FlatAdam(self.q_net, cfg.learning_rate)
         per_env = max(cfg.buffer_size // self.num_envs, 2)
         self.buffer = ReplayBuffer(
             self.observation_space,
@@ -379,14 +384,25 @@ class DQN(Agent):
             data["discounts"][part],
             next_q_target,
         )
-        elementwise = F.smooth_l1_loss(q_taken, target, reduction="none")  # Huber, δ = 1
-        loss = (data["weights"][part] * elementwise).mean() if cfg.prioritized else elementwise.mean()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        # Huber loss (δ = 1) L = mean_i w_i h(q_i - y_i). Its gradient w.r.t. Q is written by hand,
+        # dL/dq_i = w_i clip(q_i - y_i, -1, 1) / B at the taken action, and fed to backward: the same
+        # gradient as autograd through gather + smooth_l1 + mean, without those graph nodes.
+        with torch.no_grad():
+            diff = q_taken.detach() - target  # (B,)
+            abs_diff = diff.abs()
+            huber = torch.where(abs_diff < 1.0, 0.5 * diff * diff, abs_diff - 0.5)
+            grad_taken = diff.clamp(-1.0, 1.0).div_(diff.shape[0])
+            if cfg.prioritized:
+                weights = data["weights"][part]
+                huber.mul_(weights)
+                grad_taken.mul_(weights)
+            grad_q = torch.zeros_like(q).scatter_(1, data["actions"][part, None], grad_taken[:, None])
+        self.optimizer.zero_grad()
+        q.backward(grad_q)
         if cfg.max_grad_norm is not None:
-            nn.utils.clip_grad_norm_(self.q_net.parameters(), cfg.max_grad_norm, foreach=True)
+            self.optimizer.clip_grad_norm_(cfg.max_grad_norm)
         self.optimizer.step()
-        return loss.detach(), q_taken.detach().mean(), (q_taken.detach() - target).abs()
+        return huber.mean(), q_taken.detach().mean(), abs_diff
 
     # -- checkpoint state --------------------------------------------------------------------------
 
@@ -419,10 +435,66 @@ class DQN(Agent):
         self.exploration_rate = float(state["exploration_rate"])
 
 
-def _fast_adam(device: torch.device) -> dict[str, bool]:
-    """Fused Adam (one kernel for all parameters) where this torch has it for the device: Adam's
-    update with far less per-parameter overhead on small networks."""
-    major, minor = (int(p) for p in torch.__version__.split(".")[:2])
-    if device.type == "cuda" or (device.type == "cpu" and (major, minor) >= (2, 4)):
-        return {"fused": True}
-    return {}
+class FlatAdam:
+    """Adam (Kingma & Ba 2015) over every trainable parameter of a module, kept in one flat tensor.
+
+    Each parameter becomes a view of one flat storage and its gradient a view of another (the module and
+    its state_dict are unchanged), so zeroing, clipping the global norm and Adam's step are a handful
+    of ops on one tensor instead of an optimizer loop over parameters — on a small Q-network most of
+    the cost of a gradient step. The update is torch.optim.Adam's reference (single-tensor) formula:
+    m <- b1 m + (1-b1) g; v <- b2 v + (1-b2) g^2; p <- p - lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps).
+    """
+
+    def __init__(
+        self, module: nn.Module, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
+    ):
+        params = [p for p in module.parameters() if p.requires_grad]
+        if not params:
+            raise ConfigError("the Q-network has no trainable parameters; pass a module with parameters.")
+        kinds = {(p.dtype, p.device) for p in params}
+        if len(kinds) > 1:
+            raise ConfigError(
+                f"the Q-network's parameters mix dtypes/devices {sorted(map(str, kinds))}; "
+                "cast the module to one dtype and device (e.g. net.float().to(device))."
+            )
+        flat = torch.zeros(sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device)
+        self.grad = torch.zeros_like(flat)
+        offset = 0
+        for p in params:
+            n = p.numel()
+            flat[offset : offset + n].copy_(p.detach().reshape(-1))
+            p.data = flat[offset : offset + n].view_as(p)
+            # Autograd accumulates into an existing .grad in place, so gradients land in self.grad.
+            p.grad = self.grad[offset : offset + n].view_as(p)
+            offset += n
+        self.flat = flat
+        self.lr, self.betas, self.eps = lr, betas, eps
+        self.exp_avg = torch.zeros_like(flat)
+        self.exp_avg_sq = torch.zeros_like(flat)
+        self.steps = 0
+
+    def zero_grad(self) -> None:
+        self.grad.zero_()
+
+    def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
+        """Scale the gradient to global norm <= max_norm (torch.nn.utils.clip_grad_norm_'s formula)."""
+        norm = torch.linalg.vector_norm(self.grad)
+        self.grad.mul_(torch.clamp(max_norm / (norm + 1e-6), max=1.0))
+        return norm
+
+    @torch.no_grad()
+    def step(self) -> None:
+        b1, b2 = self.betas
+        self.steps += 1
+        self.exp_avg.lerp_(self.grad, 1 - b1)
+        self.exp_avg_sq.mul_(b2).addcmul_(self.grad, self.grad, value=1 - b2)
+        denom = self.exp_avg_sq.sqrt().div_(math.sqrt(1 - b2**self.steps)).add_(self.eps)
+        self.flat.addcdiv_(self.exp_avg, denom, value=-self.lr / (1 - b1**self.steps))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq, "steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.exp_avg.copy_(state["exp_avg"])
+        self.exp_avg_sq.copy_(state["exp_avg_sq"])
+        self.steps = int(state["steps"])

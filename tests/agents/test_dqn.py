@@ -193,3 +193,28 @@ def test_bad_config_raises_clear_errors():
         DQN(env, learning_rat=1e-3)
     with pytest.raises(ConfigError, match="Discrete action space"):
         DQN(gym.make("Pendulum-v1"))
+
+
+@pytest.mark.parametrize("prioritized", [False, True])
+def test_update_gradient_equals_autograd_huber(prioritized):
+    # The hand-written dL/dQ must give autograd's gradient of mean(w * smooth_l1(q_taken, y)).
+    torch.manual_seed(0)
+    agent = DQN(gym.make("CartPole-v1"), seed=0, net_arch=(8,), max_grad_norm=None, prioritized=prioritized)
+    data = {
+        "obs": torch.randn(16, 4) * 3,
+        "next_obs": torch.randn(16, 4),
+        "actions": torch.randint(0, 2, (16,)),
+        "returns": torch.randn(16) * 3,
+        "discounts": torch.rand(16),
+        "weights": torch.rand(16),
+    }
+    next_q_target = agent.q_target(data["next_obs"]).detach()
+    q = agent.q_net(data["obs"]).gather(1, data["actions"][:, None]).squeeze(1)
+    y = agent._td_target(data["next_obs"], data["returns"], data["discounts"], next_q_target)
+    per_sample = nn.functional.smooth_l1_loss(q, y, reduction="none")
+    loss = (data["weights"] * per_sample).mean() if prioritized else per_sample.mean()
+    expected = torch.autograd.grad(loss, list(agent.q_net.parameters()))
+    got_loss, _, _ = agent._update(data, slice(0, 16), next_q_target)
+    assert got_loss.item() == pytest.approx(loss.item(), rel=1e-6)
+    for e, p in zip(expected, agent.q_net.parameters()):
+        torch.testing.assert_close(p.grad, e, rtol=1e-5, atol=1e-7)
