@@ -66,7 +66,9 @@ class NaiveGenerateFeatures(RoleWrapper):
         t0 = time.perf_counter()
         prompts = [DEFAULT_TEMPLATE.format(state=info["text"], prompt=self.prompt) for info in infos]
         answers = self.llm.generate(prompts, max_tokens=self.max_tokens)
-        feats = self.llm.features([p + a for p, a in zip(prompts, answers)], kind="logits", tokens=DEFAULT_TOKENS)
+        feats = self.llm.features(
+            [p + a for p, a in zip(prompts, answers)], kind="logits", tokens=DEFAULT_TOKENS
+        )
         self.calls += len(prompts)
         self.seconds += time.perf_counter() - t0
         return {"obs": obs, "llm": np.asarray(feats, np.float32)}, rewards
@@ -99,12 +101,20 @@ def speed(task: str, backend: Any, cache_dir: Path, args: argparse.Namespace) ->
         def build_naive() -> Any:
             return WithText(make("llmrl/Grid-v0"))
     else:
-        n_envs, prompt, every, steps, naive_steps = 8, BREAKOUT_PROMPT, 4, args.atari_steps, args.naive_steps // 2
+        n_envs, prompt, every, steps, naive_steps = (
+            8,
+            BREAKOUT_PROMPT,
+            4,
+            args.atari_steps,
+            args.naive_steps // 2,
+        )
         dqn_kw = {"learning_starts": 1000, "buffer_size": 10_000, "train_freq": 4}
 
         def build(text: bool) -> Any:
-            return atari_text_vec(n_envs) if text else gym.vector.SyncVectorEnv(
-                [lambda: make("ALE/Breakout-v5") for _ in range(n_envs)]
+            return (
+                atari_text_vec(n_envs)
+                if text
+                else gym.vector.SyncVectorEnv([lambda: make("ALE/Breakout-v5") for _ in range(n_envs)])
             )
 
         def build_naive() -> Any:
@@ -116,7 +126,11 @@ def speed(task: str, backend: Any, cache_dir: Path, args: argparse.Namespace) ->
     env = LLMFeatures(build(True), cached, prompt=prompt, every=every)
     row["llm-features"] = timed_learn(DQN(env, seed=0, **dqn_kw), steps)
     m = env.llmrl_metrics()
-    row["hit_rate"], row["model_passes"], row["llm_seconds"] = m["llm/hit_rate"], m["llm/calls"], m["llm/seconds"]
+    row["hit_rate"], row["model_passes"], row["llm_seconds"] = (
+        m["llm/hit_rate"],
+        m["llm/calls"],
+        m["llm/seconds"],
+    )
     naive = NaiveGenerateFeatures(build_naive(), backend, prompt)
     row["naive"] = timed_learn(DQN(naive, seed=0, learning_starts=min(dqn_kw["learning_starts"], naive_steps // 2)),
                                naive_steps)  # fmt: skip
@@ -154,7 +168,9 @@ def learning(backend: Any, cache_dir: Path, args: argparse.Namespace, out_dir: P
             results[name].append(greedy_return(agent, env, args.eval_episodes, seed))
             with open(run / "episodes.csv") as f:
                 rows = list(csv.DictReader(f))
-            curves[name].append((np.array([float(r["step"]) for r in rows]), np.array([float(r["return"]) for r in rows])))
+            curves[name].append(
+                (np.array([float(r["step"]) for r in rows]), np.array([float(r["return"]) for r in rows]))
+            )
             print(f"  learn {name} seed {seed}: greedy return {results[name][-1]:+.3f}", flush=True)
     png = out_dir / "llm_features_grid_learning.png"
     plot_curves(curves, png, args.learn_steps)
@@ -193,7 +209,9 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="short run")
     p.add_argument("--grid-steps", type=int, default=10_000)
     p.add_argument("--atari-steps", type=int, default=4_000)
-    p.add_argument("--naive-steps", type=int, default=200, help="steps of the naive method on Grid (half on Breakout)")
+    p.add_argument(
+        "--naive-steps", type=int, default=200, help="steps of the naive method on Grid (half on Breakout)"
+    )
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--learn-steps", type=int, default=15_000)
     p.add_argument("--eval-episodes", type=int, default=100)

@@ -69,6 +69,7 @@ class Advisor:
         self.llm, self.env, self.source = llm, env, source
         self.prompt = prompt + (f" Answer in {language}." if language else "")
         self.template, self.max_tokens, self.max_chars = template, max_tokens, max_chars
+        self.stop = ["Question:", "Game state:", "\n\n"]
         self._memo: dict[Any, str] = {}
 
     def __call__(self, obs: Any, info: Mapping[str, Any] | None = None) -> str:
@@ -92,7 +93,10 @@ class Advisor:
 
     def _generate(self, prompt: str, image: np.ndarray | None) -> str:
         images = [image] if image is not None else None
-        out = self.llm.generate([prompt], max_tokens=self.max_tokens, temperature=0.0, images=images)[0]
+        # a base model goes on to invent the next question: stop there
+        out = self.llm.generate(
+            [prompt], max_tokens=self.max_tokens, temperature=0.0, stop=self.stop, images=images
+        )[0]
         out = " ".join(out.split())  # one paragraph for the panel
         return out[: self.max_chars]
 

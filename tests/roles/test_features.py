@@ -266,7 +266,7 @@ def test_dqn_and_ppo_train_on_embedded_features_vector_env(embedded):
     )
     assert env.observation_space["llm"].shape == (2, 4)
     dqn = DQN(env, seed=0, learning_starts=50)
-    dqn.learn(300, progress_bar=False)
+    dqn.learn(200, progress_bar=False)
     ppo = PPO(env, seed=0, n_steps=32)
     ppo.learn(128, progress_bar=False)
     obs, _ = env.reset(seed=1)
@@ -274,3 +274,72 @@ def test_dqn_and_ppo_train_on_embedded_features_vector_env(embedded):
     assert label == "Q" and q.shape == (4,) and np.isfinite(q).all()
     assert dqn.predict(obs).shape == (2,) and ppo.predict(obs).shape == (2,)
     assert env.llmrl_metrics()["llm/hit_rate"] > 0.9  # 11 states: nearly every step is a memo hit
+
+
+def _replay_length(agent, env, seed: int, max_steps: int) -> int:
+    """Decisions save_gif makes: the greedy episode from reset(seed), cut at max_steps."""
+    obs, _ = env.reset(seed=seed)
+    for step in range(max_steps):
+        obs, _, term, trunc, _ = env.step(agent.predict(obs))
+        if term or trunc:
+            return step + 1
+    return max_steps
+
+
+@pytest.mark.parametrize("model", ["fake", pytest.param("embedded", marks=pytest.mark.slow)])
+def test_gif_shows_frame_q_values_and_llm_advice(tmp_path, model, request):
+    import io
+
+    from PIL import Image
+
+    from llmrl.agents.dqn import DQN
+    from llmrl.envs import make
+    from llmrl.render import PANEL_WIDTH, action_names, compose_frame, render_terminal, save_gif
+
+    llm = FakeLLM(dim=16) if model == "fake" else request.getfixturevalue("embedded")
+    env = LLMFeatures(make("llmrl/Grid-v0", render_mode="rgb_array"), llm, prompt=GRID_PROMPT)
+    agent = DQN(env, seed=0, learning_starts=50)
+    agent.learn(150, progress_bar=False)
+    advise = Advisor(llm, GRID_PROMPT, max_tokens=10)
+    path = save_gif(agent, env, tmp_path / "grid.gif", max_steps=3, annotate=advise, seed=0)
+    gif = Image.open(path)
+    assert gif.n_frames == _replay_length(agent, env, 0, 3) + 1  # one frame per decision + the last
+    h, w = env.render().shape[:2]
+    scale = -(-256 // h)
+    assert gif.size == (w * scale + PANEL_WIDTH, h * scale)
+    # the first frame is the env frame + a panel with the Q-values and the model's advice for the state
+    obs, info = env.reset(seed=0)
+    text = advise(obs, info)
+    assert len(text) > 0 and len(advise._memo) >= 1
+    label, q = agent.action_values(obs)
+    args = (env.render(), label, q, action_names(env), int(agent.predict(obs)))
+    want = compose_frame(*args, text, "step 0  return 0.0")
+    without_text = compose_frame(*args, "", "step 0  return 0.0")
+    gif.seek(0)
+    got = np.asarray(gif.convert("RGB")).astype(int)
+    assert np.abs(got - want).mean() < 2.0  # GIF palette rounding only
+    panel = (slice(None), slice(w * scale, None))
+    assert np.abs(got[panel] - without_text[panel]).mean() > 4 * np.abs(got[panel] - want[panel]).mean()
+    # the terminal render prints the same: Q-values per action and the advice
+    out = io.StringIO()
+    render_terminal(agent, env, max_steps=2, annotate=advise, seed=0, file=out)
+    chosen = int(agent.predict(obs))
+    assert f"*{action_names(env)[chosen]}={q[chosen]:.3f}" in out.getvalue().splitlines()[0]
+    assert text in out.getvalue()
+
+
+@pytest.mark.slow
+def test_seed_scenario_grid_trains_and_writes_gif(tmp_path, embedded):
+    from PIL import Image
+
+    from llmrl.scenarios import seed_scenario
+
+    res = seed_scenario(
+        "grid", llm=embedded, total_timesteps=200, run_dir=tmp_path, gif_steps=3, advice_tokens=8,
+        progress_bar=False, dqn={"learning_starts": 50},
+    )  # fmt: skip
+    space = res.env.observation_space
+    assert space["obs"].shape == (84, 84, 1) and space["llm"].shape == (640,)  # image + LLM vector
+    assert res.agent.num_timesteps >= 200 and (tmp_path / "episodes.csv").exists()
+    assert Image.open(res.gif).n_frames >= 2
+    assert res.metrics["llm/hit_rate"] > 0.5
