@@ -59,7 +59,7 @@ _MINIGRID_VERBS: dict[str, tuple[str, ...]] = {
     "ball": ("pick up the {o}", "go to the {o}"),
     "box": ("pick up the {o}", "open the {o}", "go to the {o}"),
     "door": ("open the {o}", "go to the {o}", "go through the {o}"),
-    "goal": ("go to the {o}",),
+    "goal": ("reach the {o}",),
 }
 
 
@@ -71,7 +71,7 @@ def vocabulary_candidates(text: str) -> list[str]:
     "drop the <object>" instead of "pick up" / "go to".
 
     >>> vocabulary_candidates("Mission: use the key to open the door and then get to the goal")
-    ['pick up the key', 'go to the key', 'open the door', 'go to the door', 'go through the door', 'go to the goal']
+    ['pick up the key', 'go to the key', 'open the door', 'go to the door', 'go through the door', 'reach the goal']
     """
     low = text.lower()
     out: list[str] = []
@@ -89,7 +89,7 @@ def parse_goal_list(completion: str, k: int | None = None) -> list[str]:
     """A generated list ("- a\\n- b", "1. a 2. b", "a; b") -> goal strings, cleaned and deduplicated.
 
     >>> parse_goal_list(" pick up the key\\n- open the door.\\n3) Go to the goal\\n\\n")
-    ['pick up the key', 'open the door', 'go to the goal']
+    ['pick up the key', 'open the door', 'reach the goal']
     """
     parts = re.split(r"\n|;|(?:^|\s)(?:\d+[.)]|-|\*)\s", completion)
     out: list[str] = []
@@ -276,7 +276,7 @@ class ELLMGoals(RoleWrapper):
             k=k,
         )
         # The goal embedding's width must be known to build the observation space.
-        self._goal_dim = int(self.embeddings(["go to the goal"]).shape[1]) if goal_in_obs else 0
+        self._goal_dim = int(self.embeddings(["reach the goal"]).shape[1]) if goal_in_obs else 0
         super().__init__(env)
         n = self.num_envs
         self._goals: list[list[str]] = [[] for _ in range(n)]

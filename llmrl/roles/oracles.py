@@ -39,7 +39,7 @@ def doorkey_subgoal(u: Any) -> str:
         if not d.is_open:
             carrying_key = u.carrying is not None and u.carrying.type == "key"
             return "open the door" if carrying_key or not d.is_locked else "pick up the key"
-    return "go to the goal"
+    return "reach the goal"
 
 
 class MiniGridSubgoals(gym.Wrapper):
@@ -101,7 +101,7 @@ def plan_action(u: Any, target: tuple[int, int], *, face: bool) -> int | None:
 def minigrid_skills(env: gym.Env, *, distractors: bool = True) -> list[Skill]:
     """Scripted skills for DoorKey-like MiniGrid tasks, with feasibility checks as affordances.
 
-    "pick up the key", "open the door", "go to the goal" (and, with `distractors`, "drop the key"
+    "pick up the key", "open the door", "reach the goal" (and, with `distractors`, "drop the key"
     and "go to the door", feasible but useless: the LLM part has to rule them out).
     """
     u = env.unwrapped
@@ -154,7 +154,7 @@ def minigrid_skills(env: gym.Env, *, distractors: bool = True) -> list[Skill]:
         ),
         Skill("open the door", reach("door", TOGGLE), door_open, door_aff),
         Skill(
-            "go to the goal",
+            "reach the goal",
             reach("goal", FORWARD, face=False),
             lambda o, i: (int(u.agent_pos[0]), int(u.agent_pos[1])) == find_object(u, "goal"),
             goal_aff,
