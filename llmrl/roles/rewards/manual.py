@@ -1,0 +1,185 @@
+"""Auxiliary rewards from the game's manual (Read and Reap the Rewards, arXiv 2302.04449).
+
+The LLM reads the environment's manual (`llmrl.envs.manual(env_id)` or your own text) and answers a
+fixed set of yes/no questions about events -- "Is falling into a puddle good for the player?" and
+"... bad ...?" -- once, at construction. Each answer gives the event a sign; the event captions of
+`llmrl.envs.WithText` (`info["caption"]`, e.g. "fell into the puddle") then earn `scale * sign`.
+
+Asking both "good?" and "bad?" and comparing their Yes-No margins cancels the embedded base model's
+lean towards "Yes" (a uniform bias adds to both and drops out of the difference). The answers are
+listed in the log (`logging` at INFO, `role.table()`), cached by the LLM backend, and exposed as
+`role.answers`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from llmrl.errors import ConfigError
+from llmrl.llm.base import LLM
+from llmrl.roles.rewards.common import RewardRole, check_llm, yes_no_prompt_logit
+
+__all__ = ["ManualReward", "ManualAnswer", "DEFAULT_EVENTS", "env_id_of"]
+
+log = logging.getLogger("llmrl.roles.rewards")
+
+DEFAULT_EVENTS: dict[str, dict[str, str]] = {
+    "grid": {
+        r"reached the goal": "reaching the goal",
+        r"fell into the puddle": "falling into a puddle",
+        r"bumped into a wall": "bumping into a wall",
+    },
+    "minigrid": {
+        r"picked up the \w+ key": "picking up the key",
+        r"opened the \w+ door": "opening the door",
+        r"reached the goal": "reaching the goal",
+        r"completed the mission": "completing the mission",
+        r"fell into the lava": "touching the lava",
+        r"dropped the \w+ key": "dropping the key",
+    },
+    "atari": {
+        r"lost a life": "losing a life",
+        r"hit a brick": "hitting a brick",
+        r"won the point": "winning a point",
+        r"lost the point": "losing a point",
+        r"opened a door": "opening a door",
+    },
+}
+"""Per family: caption pattern (regex, matched anywhere in the caption) -> the event as a noun phrase."""
+
+
+def env_id_of(env: Any) -> str | None:
+    """The registered id of `env` (single or vector), or None."""
+    for e in (env, getattr(env, "unwrapped", None)):
+        spec = getattr(e, "spec", None)
+        if spec is not None and getattr(spec, "id", None):
+            return str(spec.id)
+    envs = getattr(env.unwrapped if hasattr(env, "unwrapped") else env, "envs", None)
+    return env_id_of(envs[0]) if envs else None
+
+
+def _family(env_id: str) -> str:
+    key = env_id.lower()
+    if "minigrid" in key or "babyai" in key:
+        return "minigrid"
+    if "grid" in key:
+        return "grid"
+    return "atari" if key.startswith("ale/") else ""
+
+
+@dataclass(frozen=True)
+class ManualAnswer:
+    """What the LLM concluded about one event."""
+
+    pattern: str
+    """Caption regex the event is recognised by."""
+    event: str
+    """The event as a noun phrase, as asked ("falling into a puddle")."""
+    good: float
+    """Yes-No log-prob margin of "Is <event> good for the player?"."""
+    bad: float
+    """Yes-No log-prob margin of "Is <event> bad for the player?"."""
+    sign: int
+    """+1 (good), -1 (bad) or 0 (undecided: |good - bad| <= margin)."""
+
+
+class ManualReward(RewardRole):
+    """Adds `scale * sign(event)` for each event the step's caption mentions; signs derived from a manual.
+
+        env = ManualReward(WithText(gymnasium.make("llmrl/Grid-v0")), llm)   # manual and events by env id
+    """
+
+    metric_name = "manual"
+
+    def __init__(
+        self,
+        env: Any,
+        llm: LLM,
+        *,
+        manual: str | None = None,
+        events: Mapping[str, str] | None = None,
+        scale: float = 0.1,
+        margin: float = 0.0,
+        key: str = "caption",
+    ):
+        """
+        Args:
+            manual: the manual text; default `llmrl.envs.manual(<the env's id>)`.
+            events: caption regex -> event noun phrase ("fell into the puddle" -> "falling into a puddle");
+                default `DEFAULT_EVENTS` of the env's family.
+            scale: auxiliary reward per event (Read and Reap used about 5% of the game's reward scale).
+            margin: |good - bad| must exceed it for a sign; below it the event gives 0.
+            key: info key holding the caption of the step.
+        """
+        super().__init__(env, llm=llm)
+        check_llm(llm, ["score"], "ManualReward")
+        env_id = env_id_of(env) or ""
+        if manual is None:
+            from llmrl.envs import manual as find_manual
+
+            if not env_id:
+                raise ConfigError("ManualReward cannot tell the env's id; pass manual='<the manual text>'.")
+            manual = find_manual(env_id)
+        if events is None:
+            events = DEFAULT_EVENTS.get(_family(env_id))
+            if not events:
+                raise ConfigError(
+                    f"No default events for env {env_id!r}; pass events={{'caption regex': 'event phrase'}}, "
+                    "e.g. {'lost a life': 'losing a life'}."
+                )
+        if scale < 0 or margin < 0:
+            raise ConfigError(f"scale and margin must be >= 0, got scale={scale}, margin={margin}.")
+        self.manual, self.scale, self.margin, self.key = manual.strip(), scale, margin, key
+        self._patterns = [(re.compile(p, re.IGNORECASE), p) for p in events]
+        self.answers: dict[str, ManualAnswer] = self._ask(dict(events))
+        self.counters.update(events=0)
+        log.info("ManualReward answers:\n%s", self.table())
+
+    # -- the questions, asked once ----------------------------------------------------------------
+
+    def question(self, event: str, quality: str) -> str:
+        return f"Manual: {self.manual}\n\nQuestion: According to the manual, is {event} {quality} for the player?\nAnswer:"
+
+    def _ask(self, events: dict[str, str]) -> dict[str, ManualAnswer]:
+        items = list(events.items())
+        self.spend(2 * len(items))
+        prompts = [self.question(ev, q) for _, ev in items for q in ("good", "bad")]
+        margins = yes_no_prompt_logit(self.llm, prompts).reshape(len(items), 2)  # (events, [good, bad])
+        out = {}
+        for (pattern, event), (good, bad) in zip(items, margins):
+            diff = good - bad
+            sign = 0 if abs(diff) <= self.margin else int(np.sign(diff))
+            out[pattern] = ManualAnswer(pattern, event, float(good), float(bad), sign)
+        return out
+
+    def table(self) -> str:
+        """The questions and answers as a Markdown table (what the log lists)."""
+        rows = ["| event | good? (Yes-No) | bad? (Yes-No) | reward |", "|---|---|---|---|"]
+        for a in self.answers.values():
+            rows.append(f"| {a.event} | {a.good:+.2f} | {a.bad:+.2f} | {a.sign * self.scale:+g} |")
+        return "\n".join(rows)
+
+    # -- the reward ---------------------------------------------------------------------------------
+
+    def reward_of(self, caption: str) -> float:
+        """Sum of `scale * sign` over the events the caption mentions."""
+        total = 0.0
+        for regex, pattern in self._patterns:
+            if caption and regex.search(caption):
+                total += self.scale * self.answers[pattern].sign
+                self.counters["events"] += 1
+        return total
+
+    def intrinsic(self, obs, rewards, terminated, truncated, infos, starts):
+        return np.array(
+            [0.0 if starts[i] else self.reward_of(str(infos[i].get(self.key, "") or "")) for i in range(len(rewards))]
+        )
+
+    def extra_metrics(self) -> dict[str, float]:
+        return {f"manual/sign/{a.event}": float(a.sign) for a in self.answers.values()}

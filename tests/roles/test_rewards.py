@@ -1,0 +1,348 @@
+"""Reward roles: exact logic with a scripted fake LLM, then the real embedded model (and a tiny CLIP)."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium import spaces
+
+from llmrl.errors import ConfigError
+from llmrl.llm.base import CallStats
+from llmrl.roles.rewards import (
+    JudgeReward,
+    ManualReward,
+    PreferenceReward,
+    TextGoalReward,
+    transcript,
+    vlmrm_projection,
+    vlmrm_reward,
+)
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+# -- a scripted env and a scripted LLM -----------------------------------------------------------------
+
+
+class CaptionEnv(gym.Env):
+    """Plays scripted episodes: each is a list of (caption, text, reward); obs = step index."""
+
+    metadata = {"render_modes": ["rgb_array"]}
+
+    def __init__(self, episodes, render_mode=None):
+        self.episodes, self.k, self.t = episodes, -1, 0
+        self.observation_space = spaces.Discrete(100)
+        self.action_space = spaces.Discrete(2)
+        self.render_mode = render_mode
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.k, self.t = (self.k + 1) % len(self.episodes), 0
+        return 0, {"caption": "", "text": "start"}
+
+    def step(self, action):
+        cap, text, r = self.episodes[self.k][self.t]
+        self.t += 1
+        done = self.t == len(self.episodes[self.k])
+        return self.t, float(r), done, False, {"caption": cap, "text": text}
+
+    def render(self):
+        frame = np.zeros((8, 8, 3), np.uint8)
+        frame[:, :, 0] = 30 * self.t
+        return frame
+
+
+class FakeLLM:
+    """score(prompt, conts) = score_fn(prompt, cont); embed = bag of known words."""
+
+    name = "fake"
+    capabilities = frozenset({"generate", "score", "embed"})
+
+    def __init__(self, score_fn=None, gen_fn=None, vocab=("goal", "pit", "key", "door", "start", "near")):
+        self.stats = CallStats()
+        self.score_fn, self.gen_fn, self.vocab = score_fn, gen_fn, vocab
+        self.prompts: list[str] = []
+
+    def score(self, prompt, continuations):
+        self.prompts.append(prompt)
+        self.stats.calls += len(continuations)
+        return np.array([self.score_fn(prompt, c) for c in continuations], dtype=np.float32)
+
+    def generate(self, prompts, *, max_tokens=32, temperature=0.0, stop=None, images=None):
+        self.stats.calls += len(prompts)
+        return [self.gen_fn(p) for p in prompts]
+
+    def embed(self, texts):
+        self.stats.calls += len(texts)
+        e = np.array([[t.count(w) for w in self.vocab] + [1.0] for t in texts], dtype=np.float32)
+        return e / np.linalg.norm(e, axis=1, keepdims=True)
+
+    def features(self, prompts, **kw):
+        raise NotImplementedError
+
+
+def run_episode(env, n_steps):
+    env.reset()
+    out = []
+    for _ in range(n_steps):
+        _, r, term, trunc, info = env.step(0)
+        out.append((r, info))
+        if term or trunc:
+            break
+    return out
+
+
+def episode_part(prompt):
+    return prompt.rsplit("Episode:\n", 1)[1]
+
+
+def yes_leaning_judge(prompt, cont):
+    """A small model's lean: 'Yes' +1 everywhere, +2 for a goal, -0.5 for a pit (still Yes uncalibrated)."""
+    ep = episode_part(prompt)
+    yes = 1.0 + (2.0 if "reached the goal" in ep else -0.5 if "pit" in ep else 0.0)
+    return yes if cont == " Yes" else 0.0
+
+
+SUCCESS = [("moved", "", 0.0), ("moved", "", 0.0), ("reached the goal", "", 1.0)]
+FAILURE = [("moved", "", 0.0), ("fell into the pit", "", -1.0)]
+
+
+# -- transcript and judge -------------------------------------------------------------------------------
+
+
+def test_transcript_folds_repeats_and_drops_empty():
+    assert transcript(["", "moved up", "moved up", "", "moved up", "reached the goal"]) == (
+        "- moved up (x3)\n- reached the goal"
+    )
+    assert transcript([]) == "- nothing happened"
+    assert transcript([str(i) for i in range(30)], max_lines=2) == "- 28\n- 29"
+
+
+def test_judge_calibration_turns_a_yes_leaning_model_into_a_judge():
+    llm = FakeLLM(yes_leaning_judge)
+    env = JudgeReward(CaptionEnv([SUCCESS, FAILURE]), llm, objective="Reach the goal.")
+    succ, fail = run_episode(env, 10), run_episode(env, 10)
+    assert [r for r, _ in succ] == [0.0, 0.0, 2.0]  # env +1, judge +1 on the last step only
+    assert [r for r, _ in fail] == [0.0, -1.0]  # judge says No -> failure reward 0
+    assert succ[-1][1]["intrinsic_reward"] == 1.0 and fail[-1][1]["intrinsic_reward"] == 0.0
+    assert succ[-1][1]["judge_p"] == pytest.approx(1 / (1 + np.exp(-2.0)))
+    m = env.llmrl_metrics()
+    assert m["judge/judgements"] == 2 and m["judge/yes"] == 1 and m["judge/bias"] == 1.0
+    assert m["reward/intrinsic"] == 0.5 and m["reward/extrinsic"] == 0.0
+    # uncalibrated, the same model says Yes to the failure too (fail margin 0.5 > 0)
+    raw = JudgeReward(CaptionEnv([FAILURE]), FakeLLM(yes_leaning_judge), objective="x", calibrate=False)
+    assert run_episode(raw, 10)[-1][1]["intrinsic_reward"] == 1.0
+
+
+def test_judge_every_k_rewards_sum_to_the_final_verdict():
+    llm = FakeLLM(yes_leaning_judge)
+    long_success = [("moved", "", 0.0)] * 4 + [("reached the goal", "", 1.0)]
+    env = JudgeReward(CaptionEnv([long_success]), llm, objective="Reach the goal.", every=2, output="probability")
+    steps = run_episode(env, 10)
+    intr = [info["intrinsic_reward"] for _, info in steps]
+    assert intr[0] == intr[2] == 0.0  # judged at steps 2, 4 and the end (5)
+    assert sum(intr) == pytest.approx(1 / (1 + np.exp(-2.0)), abs=1e-6)
+    assert intr[1] == pytest.approx(0.5, abs=1e-6)  # "moved" alone: calibrated margin 0
+
+
+def test_judge_free_text_counts_unparseable_and_uses_fallback():
+    answers = iter([" Yes, it did.", " I think so", " no"])
+    llm = FakeLLM(gen_fn=lambda p: next(answers))
+    env = JudgeReward(CaptionEnv([SUCCESS]), llm, objective="x", method="generate", fallback=-0.5)
+    got = [run_episode(env, 10)[-1][1]["intrinsic_reward"] for _ in range(3)]
+    assert got == [1.0, -0.5, 0.0]
+    assert env.llmrl_metrics()["judge/unparseable"] == 1
+
+
+def test_judge_budget_gives_fallback():
+    env = JudgeReward(CaptionEnv([SUCCESS]), FakeLLM(yes_leaning_judge), objective="x", max_calls=1, fallback=0.25)
+    assert run_episode(env, 10)[-1][1]["intrinsic_reward"] == 1.0
+    assert run_episode(env, 10)[-1][1]["intrinsic_reward"] == 0.25
+    m = env.llmrl_metrics()
+    assert m["judge/calls"] == 1 and m["judge/over_budget"] == 1
+
+
+def test_judge_batches_over_a_vector_env():
+    llm = FakeLLM(yes_leaning_judge)
+    venv = gym.vector.SyncVectorEnv([lambda: CaptionEnv([SUCCESS]), lambda: CaptionEnv([FAILURE])])
+    env = JudgeReward(venv, llm, objective="Reach the goal.")
+    env.reset(seed=0)
+    rewards = []
+    for _ in range(3):
+        _, r, term, trunc, info = env.step(np.zeros(2, dtype=np.int64))
+        rewards.append(r.tolist())
+    # env 1 ends at step 2 (judged No), env 0 at step 3 (judged Yes); step 3 of env 1 is its reset
+    assert rewards == [[0.0, 0.0], [0.0, -1.0], [2.0, 0.0]]
+    assert info["intrinsic_reward"].tolist() == [1.0, 0.0]
+    assert len(llm.prompts) == 3  # the content-free prompt + one per ended episode
+
+
+def test_judge_rejects_bad_config():
+    with pytest.raises(ConfigError, match="method"):
+        JudgeReward(CaptionEnv([SUCCESS]), FakeLLM(yes_leaning_judge), objective="x", method="parse")
+    with pytest.raises(ConfigError, match="objective"):
+        JudgeReward(CaptionEnv([SUCCESS]), FakeLLM(yes_leaning_judge), objective=" ")
+    with pytest.raises(ConfigError, match="LLM backend"):
+        JudgeReward(CaptionEnv([SUCCESS]), object(), objective="x")
+
+
+# -- VLM-RM formula and the similarity rewards ---------------------------------------------------------
+
+
+def test_vlmrm_formula_against_hand_values():
+    g, b = np.array([0.0, 1.0]), np.array([1.0, 0.0])
+    x = np.array([[1.0, 0.0], [0.0, 1.0], [np.sqrt(0.5), np.sqrt(0.5)]])
+    # alpha = 0: plain cosine similarity with a unit goal
+    assert vlmrm_reward(x, g, vlmrm_projection(g, b, 0.0)) == pytest.approx([0.0, 1.0, np.sqrt(0.5)])
+    # alpha = 1: only the component of x - g along d = g - b counts; d/|d| = (-1, 1)/sqrt2
+    p1 = vlmrm_projection(g, b, 1.0)
+    assert p1 == pytest.approx(np.array([[0.5, -0.5], [-0.5, 0.5]]))
+    r = vlmrm_reward(x, g, p1)
+    a = np.sqrt(0.5)
+    proj = ((a - 0.0) * -1 + (a - 1.0) * 1) / np.sqrt(2)  # (x - g) . d/|d|
+    assert r == pytest.approx([0.0, 1.0, 1 - 0.5 * proj**2])
+    # unnormalised states are normalised first
+    assert vlmrm_reward(3 * x, g, p1) == pytest.approx(r)
+
+
+def _text_episode(*texts):
+    return [("", t, 0.0) for t in texts]
+
+
+def test_text_goal_reward_deferred_equals_online_and_relabels():
+    episodes = [_text_episode("start", "near key", "goal"), _text_episode("pit", "goal goal")]
+    online = TextGoalReward(CaptionEnv(episodes), FakeLLM(), goal="goal", defer=False)
+    deferred = TextGoalReward(CaptionEnv(episodes), FakeLLM(), goal="goal", defer=True)
+    sums = []
+    for _ in range(2):
+        on, de = run_episode(online, 10), run_episode(deferred, 10)
+        on_r = np.array([info["intrinsic_reward"] for _, info in on])
+        assert all(info["intrinsic_reward"] == 0.0 for _, info in de)
+        assert "reward_relabel" not in de[0][1]
+        assert de[-1][1]["reward_relabel"] == pytest.approx(on_r, abs=1e-6)
+        sums.append(on_r.sum())
+    # "goal goal" embeds as (2, 0, .., 1)/sqrt5, the goal as (1, 0, .., 1)/sqrt2: cosine 3/sqrt10
+    assert on_r[-1] == pytest.approx(3 / np.sqrt(10), abs=1e-6)
+    assert deferred.llmrl_metrics()["reward/intrinsic"] == pytest.approx(np.mean(sums), abs=1e-5)
+
+
+def test_text_goal_every_k_holds_values():
+    ep = [_text_episode("start", "goal", "pit", "goal", "near")]
+    full = run_episode(TextGoalReward(CaptionEnv(ep), FakeLLM(), goal="goal", defer=False), 10)
+    every2 = run_episode(TextGoalReward(CaptionEnv(ep), FakeLLM(), goal="goal", every=2), 10)
+    f = [info["intrinsic_reward"] for _, info in full]
+    assert every2[-1][1]["reward_relabel"] == pytest.approx([f[0], f[0], f[2], f[2], f[4]], abs=1e-6)
+
+
+def test_relabel_lands_in_the_right_transitions_across_buffer_wraparound():
+    from llmrl.buffers import ReplayBuffer
+
+    lengths = [3, 5]
+    eps = {
+        n: [_text_episode(*(["start", "near", "goal", "pit", "key"][(k + j) % 5] for j in range(n))) for k in range(3)]
+        for n in lengths
+    }
+    venv = gym.vector.SyncVectorEnv([lambda n=n: CaptionEnv(eps[n]) for n in lengths])
+    env = TextGoalReward(venv, FakeLLM(), goal="goal", alpha=0.5, baseline="start")
+    online = TextGoalReward(
+        gym.vector.SyncVectorEnv([lambda n=n: CaptionEnv(eps[n]) for n in lengths]),
+        FakeLLM(),
+        goal="goal",
+        alpha=0.5,
+        baseline="start",
+        defer=False,
+    )
+    buf = ReplayBuffer(env.single_observation_space, env.single_action_space, capacity=14, num_envs=2)
+    obs, _ = env.reset(seed=0)
+    online.reset(seed=0)
+    prev_done = np.zeros(2, bool)
+    expected = np.zeros((buf.slots, 2), np.float32)
+    changed, pending = [], [[], []]  # slots of each env's episode not yet ended (not yet relabelled)
+    for _ in range(17):  # > 7 slots per column: the ring wraps twice
+        act = np.zeros(2, dtype=np.int64)
+        nobs, r, term, trunc, info = env.step(act)
+        _, r_on, *_ = online.step(act)
+        slot = buf.pos
+        buf.add(obs, nobs, act, r, term, trunc, valid=~prev_done)
+        expected[slot] = np.where(prev_done, 0.0, r_on)  # what the rewards should read in the end
+        for i in range(2):
+            pending[i].append(slot)
+            if info.get("_reward_relabel", np.zeros(2, bool))[i]:
+                changed.append(buf.relabel(i, info["reward_relabel"][i]))
+                pending[i] = []
+        obs, prev_done = nobs, term | trunc
+    live = buf.valid.copy()  # transitions still whole in the ring, of episodes that ended
+    for i in range(2):
+        live[pending[i], i] = False
+    assert buf.added > buf.slots and changed and min(changed) >= 1
+    assert buf.rewards[live] == pytest.approx(expected[live], abs=1e-6)
+    assert np.abs(buf.rewards[live]).sum() > 0
+
+
+# -- manual ---------------------------------------------------------------------------------------------
+
+
+def manual_judge(prompt, cont):
+    """Yes-leaning model: 'Yes' +2 always; +1 for good goal / bad pit, as a reader of the manual would."""
+    q = prompt.rsplit("Question:", 1)[1]
+    right = ("goal" in q and "good" in q) or ("pit" in q and "bad" in q)
+    return (2.0 + right) if cont == " Yes" else 0.0
+
+
+def test_manual_reward_signs_and_event_rewards():
+    llm = FakeLLM(manual_judge)
+    eps = [[("moved", "", 0.0), ("fell into the pit", "", -1.0)], [("reached the goal and more", "", 1.0)]]
+    env = ManualReward(
+        CaptionEnv(eps), llm, manual="Reach the goal. Avoid the pit.", scale=0.5,
+        events={r"reached the goal": "reaching the goal", r"fell into the \w+": "falling into the pit",
+                r"nothing": "doing nothing"},
+    )
+    signs = {a.event: a.sign for a in env.answers.values()}
+    assert signs == {"reaching the goal": 1, "falling into the pit": -1, "doing nothing": 0}
+    assert len(llm.prompts) == 6  # asked once: good? and bad? per event
+    assert [r for r, _ in run_episode(env, 10)] == [0.0, -1.5]
+    assert [r for r, _ in run_episode(env, 10)] == [1.5]
+    assert len(llm.prompts) == 6
+    assert "| falling into the pit |" in env.table()
+    assert env.llmrl_metrics()["manual/events"] == 2
+
+
+def test_manual_reward_needs_events_for_unknown_families():
+    with pytest.raises(ConfigError, match="events="):
+        ManualReward(CaptionEnv([SUCCESS]), FakeLLM(manual_judge), manual="text")
+
+
+# -- preference -----------------------------------------------------------------------------------------
+
+
+def count_preference(prompt, cont):
+    """Prefers the option with more 'goal' words; plus a strong bias for ' A' that both orders cancel."""
+    a = re.search(r"\nA: (.*)\n", prompt).group(1)
+    b = re.search(r"\nB: (.*)\n", prompt).group(1)
+    margin = a.count("goal") - b.count("goal")
+    return (3.0 + margin) if cont == " A" else 0.0
+
+
+def test_preference_reward_learns_the_llm_ranking_and_resumes(tmp_path):
+    texts = ["start", "near", "goal", "goal goal", "goal goal goal", "pit"]
+    eps = [_text_episode(*texts)]
+    path = tmp_path / "labels.jsonl"
+    llm = FakeLLM(count_preference)
+    env = PreferenceReward(CaptionEnv(eps), llm, goal="goal", warmup_steps=6, n_pairs=10, labels_path=path,
+                           epochs=400)
+    first = run_episode(env, 10)  # the 6th step fits the model
+    assert all(info["intrinsic_reward"] == 0.0 for _, info in first)
+    assert env.net is not None and env.counters["labelled"] == 10 and len(path.read_text().splitlines()) == 10
+    r = env.reward_of(["goal goal goal", "goal goal", "goal", "start"])
+    assert r[0] > r[1] > r[2] > r[3]
+    second = run_episode(env, 10)
+    assert second[-1][1]["intrinsic_reward"] > second[0][1]["intrinsic_reward"]
+    # a new run with the same labels file asks the LLM nothing
+    llm2 = FakeLLM(count_preference)
+    env2 = PreferenceReward(CaptionEnv(eps), llm2, goal="goal", warmup_steps=6, n_pairs=10, labels_path=path)
+    run_episode(env2, 10)
+    assert env2.net is not None and llm2.prompts == []
