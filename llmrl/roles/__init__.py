@@ -1,0 +1,58 @@
+"""The ways a language model takes part in RL, each a Gymnasium wrapper over a single or vector env.
+
+    from llmrl.roles import LLMFeatures, ELLMGoals, JudgeReward
+    env = LLMFeatures(llmrl.make("llmrl/Grid-v0", num_envs=4), llmrl.llm.load("embedded"))
+
+`make_role(name, env, llm, **kwargs)` builds one by its CLI name (see `ROLES`).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from llmrl.errors import ConfigError
+from llmrl.roles.advice import Advisor
+from llmrl.roles.base import RoleWrapper
+from llmrl.roles.features import LLMFeatures
+from llmrl.roles.goals import ELLMGoals, SayCan, Skill
+from llmrl.roles.rewards import CLIPReward, JudgeReward, ManualReward, PreferenceReward, TextGoalReward
+
+__all__ = [
+    "RoleWrapper",
+    "LLMFeatures",
+    "Advisor",
+    "ELLMGoals",
+    "SayCan",
+    "Skill",
+    "JudgeReward",
+    "CLIPReward",
+    "TextGoalReward",
+    "ManualReward",
+    "PreferenceReward",
+    "ROLES",
+    "make_role",
+]
+
+ROLES: dict[str, type[RoleWrapper]] = {
+    "features": LLMFeatures,
+    "ellm": ELLMGoals,
+    "judge": JudgeReward,
+    "manual-reward": ManualReward,
+    "text-reward": TextGoalReward,
+    "vlm-reward": CLIPReward,
+    "preference": PreferenceReward,
+}
+"""CLI names of the roles (`llmrl train --role NAME`)."""
+
+
+def make_role(name: str, env: Any, llm: Any, **kwargs: Any) -> RoleWrapper:
+    """Wrap `env` in the role called `name` (a key of ROLES), talking to `llm`."""
+    if name not in ROLES:
+        raise ConfigError(f"unknown role {name!r}; choose one of {', '.join(ROLES)}")
+    params = inspect.signature(ROLES[name].__init__).parameters
+    options = [p for p in params if p not in ("self", "env", "llm")]
+    unknown = [k for k in kwargs if k not in options]
+    if unknown and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        raise ConfigError(f"role {name!r} has no option {', '.join(unknown)}; its options are {', '.join(options)}")
+    return ROLES[name](env, llm, **kwargs)
