@@ -41,6 +41,7 @@ __all__ = [
     "build_encoder",
     "build_network",
     "mlp",
+    "StackedMLP",
     "NatureCNN",
     "obs_to_tensor",
     "space_dtype",
@@ -101,6 +102,91 @@ def _init(layer: nn.Module, gain: float, orthogonal: bool) -> nn.Module:
         nn.init.orthogonal_(layer.weight, gain)
         nn.init.zeros_(layer.bias)
     return layer
+
+
+class StackedMLP(nn.Module):
+    """K MLPs of the same hidden shape on the same input (PPO's actor and critic), run as one batched
+    matmul per layer: x (B, in) -> (K, B, max(out_dims)), net k's output in columns [:out_dims[k]].
+
+    Each net is initialised exactly as `mlp(...)` would (same RNG draws, in order), then stacked:
+    weights (K, in, out), biases (K, 1, out). Output columns beyond a net's own width are zero and,
+    receiving no gradient, stay zero. `forward_saved` + `backward` are a hand-written backward pass:
+    for the tiny networks of classic control an autograd graph costs several times the arithmetic.
+    Activations: tanh or relu (their derivatives are read off the saved outputs).
+    """
+
+    DERIVATIVES: dict[type[nn.Module], Callable[[torch.Tensor], torch.Tensor]] = {
+        nn.Tanh: lambda y: 1 - y * y,
+        nn.ReLU: lambda y: (y > 0).to(y.dtype),
+    }
+
+    def __init__(self, in_dim: int, hidden: Sequence[int], out_dims: Sequence[int], *,
+                 activation: type[nn.Module] = nn.Tanh, out_gains: Sequence[float | None] | None = None):  # fmt: skip
+        super().__init__()
+        if activation not in self.DERIVATIVES:
+            raise ConfigError(f"StackedMLP supports activations {list(self.DERIVATIVES)}, not {activation}.")
+        self.out_dims = tuple(out_dims)
+        self.act = activation()
+        self.act_grad = self.DERIVATIVES[activation]
+        gains = out_gains or [None] * len(out_dims)
+        nets = [mlp(in_dim, hidden, k, activation=activation, out_gain=g) for k, g in zip(out_dims, gains)]
+        width = max(self.out_dims)
+        weights, biases = [], []
+        for layer in range(len(hidden) + 1):
+            linears = [net[2 * layer] for net in nets]  # (Linear, activation) pairs; the last Linear alone
+            out = linears[0].out_features if layer < len(hidden) else width
+            w = torch.zeros(len(nets), linears[0].in_features, out)
+            b = torch.zeros(len(nets), 1, out)
+            for k, lin in enumerate(linears):
+                w[k, :, : lin.out_features] = lin.weight.detach().T
+                b[k, 0, : lin.out_features] = lin.bias.detach()
+            weights.append(nn.Parameter(w))
+            biases.append(nn.Parameter(b))
+        self.weights, self.biases = nn.ParameterList(weights), nn.ParameterList(biases)
+        self._layers = list(zip(weights, biases))  # plain list: ParameterList indexing is slow per step
+        self._saved: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.expand(len(self.out_dims), *x.shape)  # (K, B, in): every net reads the same input
+        for w, b in self._layers[:-1]:
+            h = self.act(torch.baddbmm(b, h, w))
+        w, b = self._layers[-1]
+        return torch.baddbmm(b, h, w)
+
+    def forward_one(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """Net k alone, (B, in) -> (B, out_dims[k]) (e.g. the actor during rollouts)."""
+        h = x
+        for w, b in self._layers[:-1]:
+            h = self.act(torch.addmm(b[k], h, w[k]))
+        w, b = self._layers[-1]
+        return torch.addmm(b[k, :, : self.out_dims[k]], h, w[k, :, : self.out_dims[k]])
+
+    def forward_saved(self, x: torch.Tensor) -> torch.Tensor:
+        """forward(x) without an autograd graph, keeping the layer inputs for `backward`."""
+        with torch.no_grad():
+            h = x.expand(len(self.out_dims), *x.shape)
+            self._saved = [h]
+            for w, b in self._layers[:-1]:
+                h = self.act(torch.baddbmm(b, h, w))
+                self._saved.append(h)
+            w, b = self._layers[-1]
+            return torch.baddbmm(b, h, w)
+
+    def backward(self, grad_out: torch.Tensor) -> None:
+        """Write d loss / d parameters into each parameter's `.grad` (overwriting it), given
+        grad_out = d loss / d forward_saved(x), (K, B, max(out_dims))."""
+        g = grad_out
+        for p in self.parameters():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        with torch.no_grad():
+            for i in range(len(self._layers) - 1, -1, -1):
+                (w, b), h_in = self._layers[i], self._saved[i]
+                torch.sum(g, 1, keepdim=True, out=b.grad)  # (K, 1, out)
+                torch.bmm(h_in.transpose(1, 2), g, out=w.grad)  # (K, in, out)
+                if i > 0:  # through the layer, then the activation that produced h_in
+                    g = torch.bmm(g, w.transpose(1, 2)).mul_(self.act_grad(h_in))
+        self._saved = []
 
 
 class NatureCNN(nn.Module):

@@ -11,10 +11,12 @@ from torch import nn
 from llmrl.errors import ConfigError
 from llmrl.nets import (
     NatureCNN,
+    StackedMLP,
     build_encoder,
     build_network,
     flatten_parameters,
     image_channels_first,
+    mlp,
     obs_to_tensor,
 )
 
@@ -74,3 +76,27 @@ def test_flatten_parameters_shares_storage_and_gradients():
     with torch.no_grad():
         flat.add_(1.0)
     assert torch.equal(net[0].weight, before[0] + 1.0)
+
+
+@pytest.mark.parametrize("activation", [nn.Tanh, nn.ReLU])
+def test_stacked_mlp_matches_separate_mlps_and_autograd(activation):
+    torch.manual_seed(0)
+    stacked = StackedMLP(5, (7, 6), (3, 1), activation=activation, out_gains=(0.01, 1.0))
+    torch.manual_seed(0)  # the same init draws as two mlp() calls in order
+    nets = [mlp(5, (7, 6), 3, activation=activation, out_gain=0.01), mlp(5, (7, 6), 1, activation=activation)]
+    x = torch.randn(4, 5)
+    out = stacked(x)  # (2, 4, 3); the critic's padded columns are zero
+    torch.testing.assert_close(out[0], nets[0](x))
+    torch.testing.assert_close(out[1, :, :1], nets[1](x))
+    assert torch.equal(out[1, :, 1:], torch.zeros(4, 2))
+    torch.testing.assert_close(stacked.forward_one(x, 0), nets[0](x))
+
+    grad_out = torch.randn(2, 4, 3)
+    stacked.forward_saved(x)
+    stacked.backward(grad_out)
+    manual = [p.grad.clone() for p in stacked.parameters()]
+    for p in stacked.parameters():
+        p.grad = None
+    (stacked(x) * grad_out).sum().backward()
+    for got, want in zip(manual, (p.grad for p in stacked.parameters())):
+        torch.testing.assert_close(got, want)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -25,16 +25,18 @@ from torch import nn
 from llmrl.agents.base import Agent, check
 from llmrl.nets import (
     Obs,
+    StackedMLP,
     build_encoder,
     build_network,
     empty_obs_storage,
     flatten_parameters,
     has_image,
+    is_image_space,
     mlp,
     tree_map,
 )
 
-__all__ = ["PPO", "PPOConfig", "ActorCritic", "compute_gae"]
+__all__ = ["PPO", "PPOConfig", "ActorCritic", "compute_gae", "ppo_loss_and_grads", "LossAndGrads"]
 
 _LOG_2PI = math.log(2 * math.pi)
 _ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU}
@@ -114,9 +116,13 @@ class PPOConfig:
 class ActorCritic(nn.Module):
     """obs -> (logits (B, n) for Discrete actions or Gaussian mean (B, d) for Box actions, value (B,)).
 
-    Vector observations: separate actor and critic MLPs (SB3's MlpPolicy). Observations with an image:
-    one shared encoder + 512-unit trunk and two linear heads (CleanRL's Atari PPO). A custom `body`
-    (plain nn.Module, obs -> (logits or mean, value)) replaces both.
+    Vector observations: separate actor and critic MLPs (SB3's MlpPolicy), stacked into one
+    `StackedMLP` (one batched matmul per layer, hand-written backward) for tanh/relu. Observations with
+    an image: one shared encoder + 512-unit trunk and two linear heads (CleanRL's Atari PPO). A custom
+    `body` (plain nn.Module, obs -> (logits or mean, value)) replaces both.
+
+    Gradient steps use `forward_train(obs)` then `backward(out, value, grad_out, grad_value)`: autograd
+    for general networks, the hand-written pass for the stacked MLPs.
     """
 
     def __init__(self, obs_space: spaces.Space, action_space: spaces.Space, cfg: PPOConfig,
@@ -124,7 +130,9 @@ class ActorCritic(nn.Module):
         super().__init__()
         self.discrete = isinstance(action_space, spaces.Discrete)
         n_out = int(action_space.n) if self.discrete else int(np.prod(action_space.shape))
+        self.n_out = n_out
         self.body = body
+        self.pair: StackedMLP | None = None
         shared = cfg.shared_encoder if cfg.shared_encoder is not None else has_image(obs_space)
         act = _ACTIVATIONS[cfg.activation]
         if body is None and shared:
@@ -137,8 +145,14 @@ class ActorCritic(nn.Module):
             self.critic = mlp(hidden[-1], (), 1, out_gain=1.0)
         elif body is None:
             self.trunk = None
-            self.actor = build_network(obs_space, n_out, hidden=cfg.net_arch, activation=act, out_gain=0.01)
-            self.critic = build_network(obs_space, 1, hidden=cfg.net_arch, activation=act, out_gain=1.0)
+            if _stackable(obs_space, act):  # same init draws as the two build_network calls below
+                in_dim = int(np.prod(obs_space.shape))  # type: ignore[arg-type]
+                self.pair = StackedMLP(in_dim, cfg.net_arch or (64, 64), (n_out, 1), activation=act,
+                                       out_gains=(0.01, 1.0))  # fmt: skip
+            else:
+                arch = cfg.net_arch
+                self.actor = build_network(obs_space, n_out, hidden=arch, activation=act, out_gain=0.01)
+                self.critic = build_network(obs_space, 1, hidden=arch, activation=act, out_gain=1.0)
         self.log_std = None if self.discrete else nn.Parameter(torch.full((n_out,), float(cfg.log_std_init)))
 
     def forward(self, obs: Obs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,6 +162,9 @@ class ActorCritic(nn.Module):
         if self.trunk is not None:
             h = self.trunk(obs)
             return self.actor(h), self.critic(h).squeeze(-1)
+        if self.pair is not None:
+            o = self.pair(obs.flatten(1).float())  # type: ignore[union-attr]  (2, B, n_out)
+            return o[0, :, : self.n_out], o[1, :, 0]
         return self.actor(obs), self.critic(obs).squeeze(-1)
 
     @property
@@ -156,7 +173,27 @@ class ActorCritic(nn.Module):
         return self.body is None and self.trunk is None
 
     def policy_out(self, obs: Obs) -> torch.Tensor:
+        if self.pair is not None:
+            return self.pair.forward_one(obs.flatten(1).float(), 0)  # type: ignore[union-attr]
         return self.actor(obs) if self.separate else self(obs)[0]
+
+    def forward_train(self, obs: Obs) -> tuple[torch.Tensor, torch.Tensor]:
+        """forward(obs) for a gradient step (the stacked MLPs keep their activations, build no graph)."""
+        if self.pair is None:
+            return self(obs)
+        o = self.pair.forward_saved(obs.flatten(1).float())  # type: ignore[union-attr]
+        return o[0, :, : self.n_out], o[1, :, 0]
+
+    def backward(self, out: torch.Tensor, value: torch.Tensor, grad_out: torch.Tensor,
+                 grad_value: torch.Tensor) -> None:  # fmt: skip
+        """Backpropagate d loss / d (out, value) of the last `forward_train` into the parameters' .grad."""
+        if self.pair is None:
+            torch.autograd.backward((out, value), (grad_out, grad_value))
+            return
+        g = torch.zeros(2, *out.shape[:1], max(self.pair.out_dims))  # (2, B, n_out)
+        g[0, :, : self.n_out] = grad_out
+        g[1, :, 0] = grad_value
+        self.pair.backward(g)
 
     def log_prob(self, out: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Log-probability (B,) of `actions` under the policy `out` (logits or Gaussian mean). Hand-written
@@ -185,6 +222,12 @@ class ActorCritic(nn.Module):
         if deterministic:
             return out
         return out + torch.randn_like(out) * self.log_std.exp()  # type: ignore[union-attr]
+
+
+def _stackable(obs_space: spaces.Space, activation: type[nn.Module]) -> bool:
+    """Vector observations with an activation whose derivative StackedMLP knows."""
+    return (isinstance(obs_space, spaces.Box) and not is_image_space(obs_space)
+            and activation in StackedMLP.DERIVATIVES)  # fmt: skip
 
 
 def compute_gae(
@@ -217,6 +260,73 @@ def compute_gae(
             col[t] = last
         cols.append(col)
     return np.asarray(cols, dtype=np.float32).T.reshape(rewards.shape)
+
+
+class LossAndGrads(NamedTuple):
+    """One minibatch's PPO loss terms (for logging) and the loss's gradient w.r.t. the network outputs."""
+
+    pg_loss: torch.Tensor  # () clipped surrogate loss
+    v_loss: torch.Tensor  # () value loss
+    log_ratio: torch.Tensor  # (B,) log pi(a|s) - log pi_old(a|s)
+    grad_out: torch.Tensor  # (B, n) d loss / d (logits or Gaussian mean)
+    grad_value: torch.Tensor  # (B,) d loss / d value
+    grad_log_std: torch.Tensor | None  # (d,) d loss / d log_std (Box actions), else None
+
+
+@torch.no_grad()
+def ppo_loss_and_grads(model: ActorCritic, out: torch.Tensor, value: torch.Tensor, actions: torch.Tensor,
+                       old_logp: torch.Tensor, old_values: torch.Tensor, adv: torch.Tensor,
+                       returns: torch.Tensor, cfg: PPOConfig) -> LossAndGrads:  # fmt: skip
+    """loss = pg_loss + vf_coef * v_loss - ent_coef * entropy, and its gradient, by hand.
+
+    The same math autograd would do (tests check it against autograd), without building a graph:
+    on minibatches of 64 the graph's bookkeeping costs more than the arithmetic. Means are over the
+    minibatch, so every per-sample gradient carries a 1/B.
+    """
+    B = adv.shape[0]
+    if model.discrete:
+        logp_all = torch.log_softmax(out, -1)  # (B, n)
+        p = logp_all.exp()
+        onehot = torch.zeros_like(out).scatter_(1, actions.long().unsqueeze(1), 1.0)
+        logp = (logp_all * onehot).sum(1)
+        dlogp_dout = onehot - p  # d log softmax(out)[a] / d out
+    else:
+        log_std = model.log_std.detach()  # type: ignore[union-attr]  (d,)
+        inv_std = torch.exp(-log_std)
+        z = (actions - out) * inv_std  # (B, d)
+        logp = (-0.5 * z.pow(2) - log_std - 0.5 * _LOG_2PI).sum(-1)
+        dlogp_dout = z * inv_std  # d log N(a; mean, std) / d mean
+    log_ratio = logp - old_logp
+    ratio = log_ratio.exp()
+
+    # clipped surrogate objective (Schulman et al. 2017, eq. 7), as a loss to minimise; the gradient
+    # flows only where the unclipped term is the smaller one (inside the clip range both are equal)
+    surr = adv * ratio
+    surr_clipped = adv * ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range)
+    pg_loss = -torch.min(surr, surr_clipped).mean()
+    # d pg_loss / d logp (d ratio = ratio * d logp)
+    grad_logp = torch.where(surr <= surr_clipped, -surr / B, 0.0)
+    grad_out = grad_logp.unsqueeze(1) * dlogp_dout
+
+    if cfg.clip_range_vf is None:
+        v_loss = (value - returns).pow(2).mean()
+        grad_value = (2 * cfg.vf_coef / B) * (value - returns)
+    else:  # PPO2's clipped value loss: the worse of clipped and unclipped
+        delta = value - old_values
+        v_clip = old_values + delta.clamp(-cfg.clip_range_vf, cfg.clip_range_vf)
+        err, err_clip = (value - returns).pow(2), (v_clip - returns).pow(2)
+        v_loss = torch.max(err, err_clip).mean()
+        inside = (delta.abs() <= cfg.clip_range_vf).to(value.dtype)  # where v_clip moves with value
+        grad_err = torch.where(err >= err_clip, value - returns, (v_clip - returns) * inside)
+        grad_value = (2 * cfg.vf_coef / B) * grad_err
+
+    grad_log_std = None
+    if not model.discrete:  # d logp / d log_std = z^2 - 1; the entropy sum(log_std) + const adds 1 per dim
+        grad_log_std = (grad_logp.unsqueeze(1) * (z.pow(2) - 1)).sum(0) - cfg.ent_coef
+    elif cfg.ent_coef > 0:  # entropy H = -sum p log p; dH/d out = -p (log p + H)
+        entropy = -(p * logp_all).sum(1, keepdim=True)  # (B, 1)
+        grad_out += (cfg.ent_coef / B) * p * (logp_all + entropy)
+    return LossAndGrads(pg_loss, v_loss, log_ratio, grad_out, grad_value, grad_log_std)
 
 
 class PPO(Agent):
@@ -297,7 +407,7 @@ class PPO(Agent):
                     obs_t = obs_buf[t].to(self.device)
                 # separate actor and critic: only the actor runs per step; values come batched after the rollout
                 if model.separate:
-                    out = model.actor(obs_t)
+                    out = model.policy_out(obs_t)
                 else:
                     out, value = model(obs_t)
                     values.append(value)
@@ -373,37 +483,25 @@ class PPO(Agent):
                 e_adv = _normalize_chunks(e_adv, bs)
             for start in range(0, n, bs):
                 sl = slice(start, start + bs)
-                out, v = model(tree_map(lambda x, sl=sl: x[sl], e_obs))
-                log_ratio = model.log_prob(out, e_actions[sl]) - e_logp[sl]
-                ratio = log_ratio.exp()
-                if cfg.target_kl is not None:
-                    with torch.no_grad():  # http://joschu.net/blog/kl-approx.html
-                        if ((ratio - 1) - log_ratio).mean() > 1.5 * cfg.target_kl:
-                            stop = True
-                            break
-                # clipped surrogate objective (Schulman et al. 2017, eq. 7), as a loss to minimise
-                adv = e_adv[sl]
-                pg_loss = -torch.min(
-                    adv * ratio, adv * ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range)
-                ).mean()
-                if cfg.clip_range_vf is None:
-                    v_loss = nn.functional.mse_loss(v, e_returns[sl])
-                else:  # PPO2's clipped value loss: the worse of clipped and unclipped
-                    v_old = e_values[sl]
-                    v_clip = v_old + (v - v_old).clamp(-cfg.clip_range_vf, cfg.clip_range_vf)
-                    v_loss = torch.max((e_returns[sl] - v).pow(2), (e_returns[sl] - v_clip).pow(2)).mean()
-                loss = pg_loss + cfg.vf_coef * v_loss
-                if cfg.ent_coef > 0:
-                    loss = loss - cfg.ent_coef * model.entropy(out).mean()
-                self.flat_params.grad.zero_()  # type: ignore[union-attr]
-                loss.backward()
-                nn.utils.clip_grad_norm_([self.flat_params], cfg.max_grad_norm)
+                out, v = model.forward_train(tree_map(lambda x, sl=sl: x[sl], e_obs))
+                step = ppo_loss_and_grads(model, out.detach(), v.detach(), e_actions[sl], e_logp[sl],
+                                          e_values[sl], e_adv[sl], e_returns[sl], cfg)  # fmt: skip
+                if cfg.target_kl is not None and _approx_kl(step.log_ratio) > 1.5 * cfg.target_kl:
+                    stop = True
+                    break
+                grad = self.flat_params.grad
+                grad.zero_()  # type: ignore[union-attr]
+                model.backward(out, v, step.grad_out, step.grad_value)
+                if step.grad_log_std is not None:
+                    model.log_std.grad += step.grad_log_std  # type: ignore[union-attr, operator]
+                with torch.no_grad():  # clip_grad_norm_'s math on the one flat gradient
+                    grad.mul_((cfg.max_grad_norm / (grad.norm() + 1e-6)).clamp_(max=1.0))  # type: ignore[union-attr]
                 self.optimizer.step()
                 self.n_updates += 1
-                # diagnostics are computed once at the end from these detached pieces
-                pg_losses.append(pg_loss.detach())
-                v_losses.append(v_loss.detach())
-                log_ratios.append(log_ratio.detach())
+                # diagnostics are computed once at the end from these pieces
+                pg_losses.append(step.pg_loss)
+                v_losses.append(step.v_loss)
+                log_ratios.append(step.log_ratio)
                 outs.append(out.detach())
             if stop:
                 break
@@ -416,7 +514,7 @@ class PPO(Agent):
                 "loss/policy": float(torch.stack(pg_losses).mean()),
                 "loss/value": float(torch.stack(v_losses).mean()),
                 "entropy": float(model.entropy(torch.cat(outs)).mean()),
-                "approx_kl": float(((ratio - 1) - log_ratio).mean()),
+                "approx_kl": float(_approx_kl(log_ratio)),
                 "clip_fraction": float(((ratio - 1).abs() > cfg.clip_range).float().mean()),
                 "n_updates": float(self.n_updates),
             }
@@ -434,6 +532,11 @@ class PPO(Agent):
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.n_updates = int(state["n_updates"])
+
+
+def _approx_kl(log_ratio: torch.Tensor) -> torch.Tensor:
+    """KL(old || new) estimate from log(new / old) per sample (http://joschu.net/blog/kl-approx.html)."""
+    return ((log_ratio.exp() - 1) - log_ratio).mean()
 
 
 def _normalize_chunks(x: torch.Tensor, size: int) -> torch.Tensor:

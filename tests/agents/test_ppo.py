@@ -9,7 +9,7 @@ import torch
 from gymnasium import spaces
 
 from llmrl.agents import PPO
-from llmrl.agents.ppo import compute_gae
+from llmrl.agents.ppo import compute_gae, ppo_loss_and_grads
 from llmrl.errors import CheckpointError, ConfigError
 
 FAST = dict(n_steps=32, batch_size=16, n_epochs=2)
@@ -189,3 +189,45 @@ def test_reward_relabel_is_added_to_the_episode_in_the_rollout():
 def test_bad_configs_raise_clear_errors(bad, match):
     with pytest.raises(ConfigError, match=f"(?i){match}"):
         PPO(gym.make("CartPole-v1"), **bad)
+
+
+def _autograd_ppo_loss(model, out, value, actions, old_logp, old_values, adv, returns, cfg):
+    """The PPO loss written plainly for autograd (the reference the hand-written gradients must match)."""
+    logp = model.log_prob(out, actions)
+    ratio = (logp - old_logp).exp()
+    pg = -torch.min(adv * ratio, adv * ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range)).mean()
+    if cfg.clip_range_vf is None:
+        v_loss = (value - returns).pow(2).mean()
+    else:
+        v_clip = old_values + (value - old_values).clamp(-cfg.clip_range_vf, cfg.clip_range_vf)
+        v_loss = torch.max((returns - value).pow(2), (returns - v_clip).pow(2)).mean()
+    return pg + cfg.vf_coef * v_loss - cfg.ent_coef * model.entropy(out).mean()
+
+
+@pytest.mark.parametrize("discrete", [True, False])
+@pytest.mark.parametrize("clip_range_vf", [None, 0.3])
+@pytest.mark.parametrize("ent_coef", [0.0, 0.05])
+def test_hand_written_loss_gradients_match_autograd(discrete, clip_range_vf, ent_coef):
+    action_space = spaces.Discrete(4) if discrete else spaces.Box(-1, 1, (3,), np.float32)
+    env = _ToyEnv(spaces.Box(-1, 1, (5,), np.float32), action_space)
+    agent = PPO(env, seed=0, clip_range_vf=clip_range_vf, ent_coef=ent_coef, log_std_init=-0.3)
+    model, cfg, B = agent.model, agent.config, 32
+    g = torch.Generator().manual_seed(1)
+    out = torch.randn(B, model.n_out, generator=g)
+    value, old_values, returns, adv = (torch.randn(B, generator=g) for _ in range(4))
+    actions = torch.randint(0, 4, (B,), generator=g) if discrete else torch.randn(B, 3, generator=g)
+    # old log-probs near the new ones, so some ratios fall inside the clip range and some outside
+    old_logp = model.log_prob(out, actions).detach() + 0.3 * torch.randn(B, generator=g)
+
+    step = ppo_loss_and_grads(model, out, value, actions, old_logp, old_values, adv, returns, cfg)
+    out_, value_ = out.clone().requires_grad_(), value.clone().requires_grad_()
+    params = [out_, value_] + ([] if discrete else [model.log_std])
+    loss = _autograd_ppo_loss(model, out_, value_, actions, old_logp, old_values, adv, returns, cfg)
+    grads = torch.autograd.grad(loss, params)
+    torch.testing.assert_close(step.grad_out, grads[0])
+    torch.testing.assert_close(step.grad_value, grads[1])
+    if not discrete:
+        torch.testing.assert_close(step.grad_log_std, grads[2])
+    assert step.pg_loss + cfg.vf_coef * step.v_loss == pytest.approx(
+        float(loss.detach()) + ent_coef * float(model.entropy(out).mean()), abs=1e-5
+    )
