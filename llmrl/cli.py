@@ -13,7 +13,9 @@ Bad input prints one line naming the problem and exits with status 2, never a tr
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 import subprocess
 import sys
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import tyro
 import yaml
 
 from llmrl.agents.dqn import DQNConfig
@@ -84,7 +87,7 @@ class TrainConfig:
 class EvalConfig:
     """Evaluate a trained run over whole episodes and print the mean and std of the returns."""
 
-    run: Path
+    run: tyro.conf.Positional[Path]
     """Run folder written by `llmrl train`."""
     episodes: int = 100
     """Episodes to evaluate."""
@@ -98,7 +101,7 @@ class EvalConfig:
 class GifConfig:
     """Write a GIF of a trained agent: frames, action values and (with a role) what the LLM says."""
 
-    run: Path
+    run: tyro.conf.Positional[Path]
     """Run folder written by `llmrl train`."""
     out: Path | None = None
     """GIF path; default <run>/agent.gif."""
@@ -114,7 +117,7 @@ class GifConfig:
 class BenchConfig:
     """Run a benchmark script from benchmarks/ (in a source checkout) and print its table."""
 
-    name: Literal["rl_core", "llm_ops", "envs_text", "llm_features", "rewards", "planner"] = "llm_ops"
+    name: tyro.conf.Positional[Literal["rl_core", "llm_ops", "envs_text", "llm_features", "rewards", "planner"]] = "llm_ops"
     """Which benchmark."""
     quick: bool = True
     """A short run (--quick); turn off for the full measurement recorded in RESULTS.md."""
@@ -357,8 +360,6 @@ def _pop_preset(args: list[str]) -> tuple[str | None, list[str]]:
 
 def run(argv: Sequence[str] | None = None) -> Any:
     """Parse `argv` and run the command; raises LLMRLError on bad input (main() turns it into one line)."""
-    import tyro
-
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
         print(_usage())
@@ -378,8 +379,32 @@ def run(argv: Sequence[str] | None = None) -> Any:
         preset, rest = _pop_preset(rest)
         if preset is not None:
             default = _train_config(load_preset(preset))
-    cfg = tyro.cli(config_cls, args=rest, default=default, prog=f"llmrl {name}", description=fn.__doc__)
+    cfg = _parse(config_cls, rest, default, name, fn.__doc__)
     return fn(cfg)
+
+
+def _parse(config_cls: type, args: list[str], default: Any, name: str, description: str | None) -> Any:
+    """tyro's parse, with its boxed error message turned into one line (ConfigError)."""
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            return tyro.cli(config_cls, args=args, default=default, prog=f"llmrl {name}", description=description)
+    except SystemExit as exit_:
+        if not exit_.code:
+            raise
+        message = _box_text(captured.getvalue())
+        raise ConfigError(f"{message} (see `llmrl {name} --help`)") from None
+
+
+def _box_text(text: str) -> str:
+    """The body of tyro's error box, up to its first separator, as one line."""
+    body = []
+    for line in text.splitlines()[1:]:
+        inner = line.strip().strip("│").strip()
+        if inner.startswith("─") or line.strip().startswith("╰"):
+            break
+        body.append(inner)
+    return " ".join(" ".join(body).split()) or text.strip()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -388,6 +413,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LLMRLError as err:
         print(f"llmrl: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head`
+        return 0
     except KeyboardInterrupt:
         print("llmrl: interrupted", file=sys.stderr)
         return 130

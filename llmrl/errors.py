@@ -22,15 +22,18 @@ class LLMRLError(Exception):
     """Root of every error llmrl raises on purpose."""
 
 
-class ConfigError(LLMRLError, ValueError):
-    """A configuration value is invalid; the message names the field, the value and the fix."""
+class ConfigError(LLMRLError):
+    """A configuration value is invalid; the message names the field, the value and the fix.
+
+    Deliberately not a ValueError: the CLI parser would swallow it into a help box; catch LLMRLError.
+    """
 
 
 class DependencyNotInstalled(LLMRLError, ImportError):
     """An optional dependency is missing; the message gives the pip command that installs it."""
 
 
-class UnknownEnvError(LLMRLError, ValueError):
+class UnknownEnvError(LLMRLError):
     """An environment id is not registered; the message suggests close ids."""
 
 
