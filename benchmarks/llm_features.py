@@ -89,9 +89,10 @@ def atari_text_vec(n: int) -> gym.vector.VectorEnv:
     return gym.vector.SyncVectorEnv([lambda: WithText(make("ALE/Breakout-v5")) for _ in range(n)])
 
 
-def speed(task: str, backend: Any, cache_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+def speed(task: str, backend: Any, cache_dir: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One row per LLMFeatures setting; the DQN and naive columns are measured once per task."""
     if task == "grid":
-        n_envs, prompt, every, steps, naive_steps = 1, GRID_PROMPT, 1, args.grid_steps, args.naive_steps
+        n_envs, prompt, everys, steps, naive_steps = 1, GRID_PROMPT, [1], args.grid_steps, args.naive_steps
         dqn_kw: dict[str, Any] = {"learning_starts": 500}
 
         def build(text: bool) -> Any:
@@ -101,41 +102,37 @@ def speed(task: str, backend: Any, cache_dir: Path, args: argparse.Namespace) ->
         def build_naive() -> Any:
             return WithText(make("llmrl/Grid-v0"))
     else:
-        n_envs, prompt, every, steps, naive_steps = (
-            8,
-            BREAKOUT_PROMPT,
-            4,
-            args.atari_steps,
-            args.naive_steps // 2,
-        )
+        n_envs, prompt, everys = 8, BREAKOUT_PROMPT, args.atari_every
+        steps, naive_steps = args.atari_steps, args.atari_naive_steps
         dqn_kw = {"learning_starts": 1000, "buffer_size": 10_000, "train_freq": 4}
 
         def build(text: bool) -> Any:
-            return (
-                atari_text_vec(n_envs)
-                if text
-                else gym.vector.SyncVectorEnv([lambda: make("ALE/Breakout-v5") for _ in range(n_envs)])
-            )
+            if text:
+                return atari_text_vec(n_envs)
+            return gym.vector.SyncVectorEnv([lambda: make("ALE/Breakout-v5") for _ in range(n_envs)])
 
         def build_naive() -> Any:
             return WithText(make("ALE/Breakout-v5"))  # one env, as the seed
 
-    row: dict[str, Any] = {"task": task, "envs": n_envs}
-    row["dqn"] = timed_learn(DQN(build(False), seed=0, **dqn_kw), steps)
-    cached = llmrl.llm.load(backend, cache=cache_dir / f"{task}.sqlite")  # a fresh persistent cache
-    env = LLMFeatures(build(True), cached, prompt=prompt, every=every)
-    row["llm-features"] = timed_learn(DQN(env, seed=0, **dqn_kw), steps)
-    m = env.llmrl_metrics()
-    row["hit_rate"], row["model_passes"], row["llm_seconds"] = (
-        m["llm/hit_rate"],
-        m["llm/calls"],
-        m["llm/seconds"],
-    )
-    naive = NaiveGenerateFeatures(build_naive(), backend, prompt)
-    row["naive"] = timed_learn(DQN(naive, seed=0, learning_starts=min(dqn_kw["learning_starts"], naive_steps // 2)),
-                               naive_steps)  # fmt: skip
-    row["naive_steps"], row["steps"] = naive_steps, steps
-    return row
+    dqn = timed_learn(DQN(build(False), seed=0, **dqn_kw), steps)
+    print(f"  {task}: dqn {dqn:.1f} steps/s", flush=True)
+    naive_env = NaiveGenerateFeatures(build_naive(), backend, prompt)
+    naive_kw = {**dqn_kw, "learning_starts": min(dqn_kw["learning_starts"], naive_steps // 2)}
+    naive = timed_learn(DQN(naive_env, seed=0, **naive_kw), naive_steps)
+    print(f"  {task}: naive {naive:.3f} steps/s", flush=True)
+    rows = []
+    for every in everys:
+        cached = llmrl.llm.load(backend, cache=cache_dir / f"{task}-{every}.sqlite")  # fresh persistent cache
+        env = LLMFeatures(build(True), cached, prompt=prompt, every=every)
+        feat = timed_learn(DQN(env, seed=0, **dqn_kw), steps)
+        m = env.llmrl_metrics()
+        rows.append({
+            "task": task, "envs": n_envs, "every": every, "dqn": dqn, "naive": naive, "llm-features": feat,
+            "hit_rate": m["llm/hit_rate"], "model_passes": m["llm/calls"], "llm_seconds": m["llm/seconds"],
+            "naive_steps": naive_steps, "steps": steps,
+        })  # fmt: skip
+        print(f"  {rows[-1]}", flush=True)
+    return rows
 
 
 # -- learning on Grid ---------------------------------------------------------------------------------
@@ -219,7 +216,7 @@ def main() -> None:
     p.add_argument("--out", default="runs/bench-llm-features")
     args = p.parse_args()
     if args.quick:
-        args.grid_steps, args.atari_steps, args.naive_steps = 2000, 1200, 20
+        args.grid_steps, args.atari_steps, args.naive_steps, args.atari_naive_steps = 2000, 1200, 20, 10
         args.seeds, args.learn_steps, args.eval_episodes = 2, 4000, 20
     torch.set_num_threads(1)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -234,15 +231,14 @@ def main() -> None:
         rows = []
         for task in ("grid", "breakout"):
             if task not in args.skip:
-                rows.append(speed(task, backend, cache_dir, args))
-                print(rows[-1], flush=True)
+                rows += speed(task, backend, cache_dir, args)
         learn = None if "learn" in args.skip else learning(backend, cache_dir, args, out_dir)
 
-    print("\n| task | envs | DQN steps/s | DQN + LLMFeatures steps/s | naive (generate 50) steps/s "
+    print("\n| task | envs | every | DQN steps/s | DQN + LLMFeatures steps/s | naive (generate 50) steps/s "
           "| LLMFeatures ÷ naive | DQN ÷ LLMFeatures (overhead) | hit rate | model passes |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['task']} | {r['envs']} (naive: 1) | {r['dqn']:.0f} | {r['llm-features']:.0f} "
+        print(f"| {r['task']} | {r['envs']} (naive: 1) | {r['every']} | {r['dqn']:.0f} | {r['llm-features']:.0f} "
               f"({r['steps']} steps) | {r['naive']:.2f} ({r['naive_steps']} steps) | "
               f"**{r['llm-features'] / r['naive']:.0f}×** | {r['dqn'] / r['llm-features']:.2f}× | "
               f"{r['hit_rate']:.1%} | {r['model_passes']:.0f} |")  # fmt: skip

@@ -329,6 +329,23 @@ def test_gif_shows_frame_q_values_and_llm_advice(tmp_path, model, request):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("name", ["breakout", "montezuma"])
+def test_seed_scenario_atari_trains_and_writes_gif(tmp_path, embedded, name):
+    from PIL import Image
+
+    from llmrl.scenarios import seed_scenario
+
+    res = seed_scenario(
+        name, llm=embedded, total_timesteps=64, run_dir=tmp_path, gif_steps=2, advice_tokens=4,
+        progress_bar=False, dqn={"learning_starts": 32, "buffer_size": 1000},
+    )  # fmt: skip
+    assert res.env.observation_space["obs"].shape == (4, 84, 84)  # the Atari stack beside the LLM vector
+    assert res.agent.num_timesteps >= 64
+    gif = Image.open(res.gif)
+    assert gif.n_frames in (2, 3) and gif.size[0] > 160 + 200  # frame + panel
+
+
+@pytest.mark.slow
 def test_seed_scenario_grid_trains_and_writes_gif(tmp_path, embedded):
     from PIL import Image
 
