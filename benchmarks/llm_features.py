@@ -205,10 +205,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="short run")
     p.add_argument("--grid-steps", type=int, default=10_000)
-    p.add_argument("--atari-steps", type=int, default=4_000)
+    p.add_argument("--atari-steps", type=int, default=2_000)
     p.add_argument(
-        "--naive-steps", type=int, default=200, help="steps of the naive method on Grid (half on Breakout)"
+        "--atari-every", type=int, nargs="+", default=[4, 8], help="LLMFeatures(every=k) rows, Breakout"
     )
+    p.add_argument("--naive-steps", type=int, default=100, help="steps of the naive method on Grid")
+    p.add_argument("--atari-naive-steps", type=int, default=40, help="steps of the naive method on Breakout")
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--learn-steps", type=int, default=15_000)
     p.add_argument("--eval-episodes", type=int, default=100)
