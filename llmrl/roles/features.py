@@ -226,7 +226,8 @@ class LLMFeatures(RoleWrapper):
                 if not isinstance(text, str):
                     raise ConfigError(
                         f"LLMFeatures(source='text') found no info['text'] in env {i}; wrap the env in "
-                        "llmrl.envs.WithText (or build it with llmrl.make(..., text=True)), "
+                        "llmrl.envs.WithText (a native vector env such as ALE's cannot be described: use "
+                        "gymnasium.vector.SyncVectorEnv([lambda: WithText(llmrl.make(env_id))] * n)), "
                         "or use source='image' with an image-text model."
                     )
                 out.append((text, text))
