@@ -124,7 +124,7 @@ def test_transcript_folds_repeats_and_drops_empty():
 
 def test_judge_calibration_turns_a_yes_leaning_model_into_a_judge():
     llm = FakeLLM(yes_leaning_judge)
-    env = JudgeReward(CaptionEnv([SUCCESS, FAILURE]), llm, objective="Reach the goal.")
+    env = JudgeReward(CaptionEnv([SUCCESS, FAILURE]), llm, objective="Reach the goal.", method="score")
     succ, fail = run_episode(env, 10), run_episode(env, 10)
     assert [r for r, _ in succ] == [0.0, 0.0, 2.0]  # env +1, judge +1 on the last step only
     assert [r for r, _ in fail] == [0.0, -1.0]  # judge says No -> failure reward 0
@@ -134,14 +134,32 @@ def test_judge_calibration_turns_a_yes_leaning_model_into_a_judge():
     assert m["judge/judgements"] == 2 and m["judge/yes"] == 1 and m["judge/bias"] == 1.0
     assert m["reward/intrinsic"] == 0.5 and m["reward/extrinsic"] == 0.0
     # uncalibrated, the same model says Yes to the failure too (fail margin 0.5 > 0)
-    raw = JudgeReward(CaptionEnv([FAILURE]), FakeLLM(yes_leaning_judge), objective="x", calibrate=False)
+    raw = JudgeReward(CaptionEnv([FAILURE]), FakeLLM(yes_leaning_judge), objective="x", method="score", calibrate=False)
     assert run_episode(raw, 10)[-1][1]["intrinsic_reward"] == 1.0
+
+
+def channel_judge(prompt, cont):
+    """log p(transcript | verdict): success transcripts likelier under 'succeeded', and vice versa."""
+    succeeded = prompt.endswith("agent succeeded.\nEpisode:\n")
+    good = "reached the goal" in cont
+    return -1.0 if succeeded == good else -3.0
+
+
+def test_judge_channel_scores_the_transcript_under_both_verdicts():
+    llm = FakeLLM(channel_judge)
+    env = JudgeReward(CaptionEnv([SUCCESS, FAILURE]), llm, objective="Reach the goal.",
+                      examples=[(["reached the goal"], True)])
+    assert run_episode(env, 10)[-1][1]["judge_p"] == pytest.approx(1 / (1 + np.exp(-2.0)))
+    assert run_episode(env, 10)[-1][1]["intrinsic_reward"] == 0.0
+    assert len(llm.prompts) == 4 and "agent succeeded.\nEpisode:\n- reached the goal\n\n" in llm.prompts[0]
+    assert env.llmrl_metrics()["judge/yes"] == 1
 
 
 def test_judge_every_k_rewards_sum_to_the_final_verdict():
     llm = FakeLLM(yes_leaning_judge)
     long_success = [("moved", "", 0.0)] * 4 + [("reached the goal", "", 1.0)]
-    env = JudgeReward(CaptionEnv([long_success]), llm, objective="Reach the goal.", every=2, output="probability")
+    env = JudgeReward(CaptionEnv([long_success]), llm, objective="Reach the goal.", every=2, output="probability",
+                      method="score")
     steps = run_episode(env, 10)
     intr = [info["intrinsic_reward"] for _, info in steps]
     assert intr[0] == intr[2] == 0.0  # judged at steps 2, 4 and the end (5)
@@ -159,7 +177,8 @@ def test_judge_free_text_counts_unparseable_and_uses_fallback():
 
 
 def test_judge_budget_gives_fallback():
-    env = JudgeReward(CaptionEnv([SUCCESS]), FakeLLM(yes_leaning_judge), objective="x", max_calls=1, fallback=0.25)
+    env = JudgeReward(CaptionEnv([SUCCESS]), FakeLLM(yes_leaning_judge), objective="x", max_calls=1, fallback=0.25,
+                      method="score")
     assert run_episode(env, 10)[-1][1]["intrinsic_reward"] == 1.0
     assert run_episode(env, 10)[-1][1]["intrinsic_reward"] == 0.25
     m = env.llmrl_metrics()
@@ -169,7 +188,7 @@ def test_judge_budget_gives_fallback():
 def test_judge_batches_over_a_vector_env():
     llm = FakeLLM(yes_leaning_judge)
     venv = gym.vector.SyncVectorEnv([lambda: CaptionEnv([SUCCESS]), lambda: CaptionEnv([FAILURE])])
-    env = JudgeReward(venv, llm, objective="Reach the goal.")
+    env = JudgeReward(venv, llm, objective="Reach the goal.", method="score")
     env.reset(seed=0)
     rewards = []
     for _ in range(3):

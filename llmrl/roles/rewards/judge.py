@@ -5,11 +5,20 @@ episode end (or every k steps) the LLM reads the episode's transcript -- the cap
 happened, `info["caption"]` from `llmrl.envs.WithText` -- and answers "Did the agent achieve the
 objective?". The verdict becomes the reward, given on the step where it is made.
 
-Default judging ranks the continuations " Yes" and " No" by log-probability instead of parsing
-free text: robust with small models. The embedded model (Gemma 3 270M, a base model) leans "Yes"
-whatever the episode, so the Yes-No margin is *calibrated* (Zhao et al. 2021, "Calibrate Before
-Use"): the same margin under a content-free episode ("N/A") is subtracted. Free-text answers are an
-option (`method="generate"`), with unparseable answers counted and mapped to `fallback`.
+The verdict compares the scores of "Yes" and "No" rather than parsing free text. Two ways:
+
+- `method="channel"` (default; "noisy channel" prompting, Min et al. 2022, arXiv 2108.04106): the
+  margin log p(transcript | "the agent succeeded") - log p(transcript | "the agent failed"). The
+  transcript is scored under both verdicts, so the model's prior over answer words cancels.
+- `method="score"`: log p(" Yes" | prompt) - log p(" No" | prompt) after the question, *calibrated*
+  (Zhao et al. 2021, "Calibrate Before Use"): the margin under a content-free episode ("N/A") is
+  subtracted.
+
+Why channel is the default: the embedded model (Gemma 3 270M, a base model) leans "Yes" whatever the
+episode; measured on labelled Grid and DoorKey transcripts (benchmarks/rewards.py), the calibrated
+Yes/No margin was at chance while the channel margin was right on most (see RESULTS.md for the
+figures). Free-text answers are a third option (`method="generate"`), with unparseable answers
+counted and mapped to `fallback`.
 
 With `every=k` the judge also rules on the partial transcript every k steps and the reward is the
 change of the verdict since the last ruling, so an episode's judge rewards still sum to its final
@@ -32,6 +41,7 @@ __all__ = ["JudgeReward", "transcript"]
 
 _CONTENT_FREE = "N/A"
 _QUESTION = "Question: Did the agent achieve the objective?\nAnswer:"
+_VERDICT = "This is an episode where the agent {}.\nEpisode:\n"
 
 
 def transcript(captions: Sequence[str], *, max_lines: int = 24) -> str:
@@ -72,8 +82,8 @@ class JudgeReward(RewardRole):
         *,
         examples: Sequence[tuple[Sequence[str], bool]] = (),
         every: int | None = None,
-        method: Literal["score", "generate"] = "score",
-        calibrate: bool = True,
+        method: Literal["channel", "score", "generate"] = "channel",
+        calibrate: bool | None = None,
         output: Literal["binary", "probability"] = "binary",
         success: float = 1.0,
         failure: float = 0.0,
@@ -85,12 +95,14 @@ class JudgeReward(RewardRole):
     ):
         """
         Args:
-            llm: backend with `score` (method="score") or `generate` (method="generate").
+            llm: backend with `score` (method "channel"/"score") or `generate` (method="generate").
             objective: the goal in words, e.g. "Reach the goal square without falling into the pit."
             examples: few-shot examples, (captions of an episode, achieved?) pairs; help small models.
             every: also judge every k steps of an episode (reward = change of verdict); None = at the end only.
-            method: "score" ranks " Yes"/" No" by log-prob; "generate" parses a short free-text answer.
-            calibrate: subtract the Yes-No margin of a content-free episode (method="score").
+            method: "channel" scores the transcript under "succeeded" vs "failed"; "score" ranks
+                " Yes"/" No" after the question; "generate" parses a short free-text answer.
+            calibrate: subtract the margin of a content-free episode ("N/A"); default True for
+                method="score" (where it matters), False for "channel" (measured to change little).
             output: "binary" gives `success`/`failure`; "probability" interpolates them by p(Yes).
             success, failure: reward for a Yes / a No verdict.
             fallback: reward when a free-text answer is unparseable or the call budget is spent.
@@ -100,19 +112,20 @@ class JudgeReward(RewardRole):
             max_calls: budget of LLM prompts for this role; beyond it verdicts are `fallback`.
         """
         super().__init__(env, llm=llm, max_calls=max_calls)
-        if method not in ("score", "generate"):
-            raise ConfigError(f"method must be 'score' or 'generate', got {method!r}.")
+        if method not in ("channel", "score", "generate"):
+            raise ConfigError(f"method must be 'channel', 'score' or 'generate', got {method!r}.")
         if output not in ("binary", "probability"):
             raise ConfigError(f"output must be 'binary' or 'probability', got {output!r}.")
         if every is not None and every < 1:
             raise ConfigError(f"every must be a positive number of steps or None (episode end), got {every}.")
         if not objective or not objective.strip():
             raise ConfigError("objective must state the goal in words, e.g. objective='Reach the goal.'")
-        check_llm(llm, ["score"] if method == "score" else ["generate"], "JudgeReward")
+        check_llm(llm, ["generate"] if method == "generate" else ["score"], "JudgeReward")
+        calibrate = (method == "score") if calibrate is None else calibrate
         self.objective, self.every, self.method, self.calibrate = objective.strip(), every, method, calibrate
         self.output, self.success, self.failure, self.fallback = output, success, failure, fallback
         self.key, self.final_text, self.max_lines = key, final_text, max_lines
-        self._header = self._make_header(examples)
+        self._header = self._make_header(examples) if method != "channel" else self._channel_header(examples)
         self._bias: float | None = None
         n = self.num_envs
         self._captions: list[list[str]] = [[] for _ in range(n)]
@@ -130,6 +143,22 @@ class JudgeReward(RewardRole):
             head += f"Episode:\n{transcript(caps, max_lines=self.max_lines)}\n{_QUESTION} {'Yes' if ok else 'No'}\n\n"
         return head
 
+    def _channel_header(self, examples: Sequence[tuple[Sequence[str], bool]]) -> str:
+        head = f"Objective: {self.objective}\n"
+        for caps, ok in examples:
+            head += _VERDICT.format("succeeded" if ok else "failed") + transcript(caps, max_lines=self.max_lines) + "\n\n"
+        return head
+
+    def margin(self, episode_texts: Sequence[str]) -> np.ndarray:
+        """Uncalibrated Yes-minus-No log-prob margin of each transcript (methods "channel", "score"). (n,)."""
+        if self.method == "score":
+            return yes_no_prompt_logit(self.llm, [self.prompt(t) for t in episode_texts])
+        yes = self._header + _VERDICT.format("succeeded")
+        no = self._header + _VERDICT.format("failed")
+        # p(transcript | verdict): the transcripts are the continuations; each prompt is evaluated once
+        texts = list(episode_texts)
+        return np.asarray(self.llm.score(yes, texts), dtype=np.float64) - np.asarray(self.llm.score(no, texts), dtype=np.float64)
+
     def prompt(self, episode_text: str) -> str:
         """The full judge prompt for one transcript; the answer continues it with " Yes" or " No"."""
         return f"{self._header}Episode:\n{episode_text}\n{_QUESTION}"
@@ -138,8 +167,8 @@ class JudgeReward(RewardRole):
         """Yes-No log-prob margin under a content-free episode (computed once; 0 if not calibrating)."""
         if self._bias is None:
             self._bias = 0.0
-            if self.calibrate and self.method == "score":
-                self._bias = float(yes_no_prompt_logit(self.llm, [self.prompt(_CONTENT_FREE)])[0])
+            if self.calibrate and self.method != "generate":
+                self._bias = float(self.margin([_CONTENT_FREE])[0])
         return self._bias
 
     # -- judging --------------------------------------------------------------------------------
@@ -151,11 +180,11 @@ class JudgeReward(RewardRole):
             return np.zeros(0), np.zeros(0)
         if not self.spend(n):
             return np.full(n, self.fallback, dtype=np.float64), np.full(n, np.nan)
-        prompts = [self.prompt(t) for t in transcripts]
-        if self.method == "score":
-            margin = yes_no_prompt_logit(self.llm, prompts) - self.bias()
+        if self.method != "generate":
+            margin = self.margin(transcripts) - self.bias()
             p = 1.0 / (1.0 + np.exp(-margin))
         else:
+            prompts = [self.prompt(t) for t in transcripts]
             answers = self.llm.generate(prompts, max_tokens=4, temperature=0.0, stop=["\n"])
             p = np.array([_parse_yes_no(a) for a in answers], dtype=np.float64)
         bad = np.isnan(p)

@@ -138,9 +138,9 @@ class CLIPEmbedder:
 
 
 def _as_array(feats: Any) -> np.ndarray:
-    # transformers >= 5 may return an output object rather than a tensor
+    # transformers >= 5 returns an output object whose pooler_output holds the projected features
     if not hasattr(feats, "detach"):
-        feats = getattr(feats, "pooler_output", None) or feats[0]
+        feats = feats.pooler_output
     return feats.detach().float().cpu().numpy()
 
 
