@@ -306,10 +306,9 @@ def test_relabel_lands_in_the_right_transitions_across_buffer_wraparound():
 
 
 def manual_judge(prompt, cont):
-    """Yes-leaning model: 'Yes' +2 always; +1 for good goal / bad pit, as a reader of the manual would."""
-    q = prompt.rsplit("Question:", 1)[1]
-    right = ("goal" in q and "good" in q) or ("pit" in q and "bad" in q)
-    return (2.0 + right) if cont == " Yes" else 0.0
+    """Leans ' good' by 2 everywhere (content-free too); +1 good for the goal, +1 bad for the pit."""
+    q = prompt.rsplit("According to the manual,", 1)[1]
+    return 2.0 + ("goal" in q) if cont == " good" else 0.0 + ("pit" in q)
 
 
 def test_manual_reward_signs_and_event_rewards():
@@ -322,10 +321,11 @@ def test_manual_reward_signs_and_event_rewards():
     )
     signs = {a.event: a.sign for a in env.answers.values()}
     assert signs == {"reaching the goal": 1, "falling into the pit": -1, "doing nothing": 0}
-    assert len(llm.prompts) == 6  # asked once: good? and bad? per event
+    assert [a.margin for a in env.answers.values()] == [1.0, -1.0, 0.0]  # after subtracting the lean
+    assert len(llm.prompts) == 4  # asked once: the content-free event + one question per event
     assert [r for r, _ in run_episode(env, 10)] == [0.0, -1.5]
     assert [r for r, _ in run_episode(env, 10)] == [1.5]
-    assert len(llm.prompts) == 6
+    assert len(llm.prompts) == 4
     assert "| falling into the pit |" in env.table()
     assert env.llmrl_metrics()["manual/events"] == 2
 
