@@ -365,3 +365,200 @@ def test_preference_reward_learns_the_llm_ranking_and_resumes(tmp_path):
     env2 = PreferenceReward(CaptionEnv(eps), llm2, goal="goal", warmup_steps=6, n_pairs=10, labels_path=path)
     run_episode(env2, 10)
     assert env2.net is not None and llm2.prompts == []
+
+
+# -- the real embedded model (and a tiny random CLIP) on Grid and MiniGrid ----------------------------------
+
+GRID = "llmrl/Grid-v0"
+GRID_OBJECTIVE = "The cat reaches the goal cell without falling into a puddle."
+DOORKEY = "MiniGrid-DoorKey-5x5-v0"
+DOORKEY_OBJECTIVE = "Pick up the key, open the door and reach the green goal square."
+DOORKEY_SEED0_SOLUTION = [1, 3, 2, 2, 1, 5, 2, 2, 1, 2, 2]  # found by breadth-first search, checked below
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    pytest.importorskip("llama_cpp")
+    import llmrl.llm
+
+    return llmrl.llm.load("embedded", cache=":memory:")
+
+
+def grid_policy(target: str):
+    """Scripted Grid policies from the state text: 'goal' goes up then right, 'puddle' right then up."""
+
+    def act(text: str) -> int:
+        col, row = map(int, re.match(r"cat at column (\d+), row (\d+)", text).groups())
+        if target == "goal":
+            return 0 if row < 3 else 1  # UP, RIGHT
+        return 1 if col < 4 else 0
+
+    return act
+
+
+def play(env, policy, seed):
+    """One episode with `policy(text) -> action`; returns the infos and rewards of its steps."""
+    _, info = env.reset(seed=seed)
+    steps = []
+    for _ in range(300):
+        _, r, term, trunc, info = env.step(policy(info.get("text", "")))
+        steps.append((r, info))
+        if term or trunc:
+            return steps
+    raise AssertionError("episode did not end")
+
+
+def first_seed(policy, caption):
+    """The first seed whose episode's only event is `caption` (no slips or bumps on the way).
+
+    The 270M judge is swayed by bad-sounding events on the way ("slipped down and bumped into a
+    wall ... reached the goal" gets a No); benchmarks/rewards.py measures its accuracy on random episodes.
+    """
+    from llmrl.envs import WithText
+
+    env = WithText(gym.make(GRID))
+    for seed in range(200):
+        if [i["caption"] for _, i in play(env, policy, seed) if i["caption"]] == [caption]:
+            return seed
+    raise AssertionError(f"no seed gives {caption!r}")
+
+
+def test_real_judge_says_yes_to_success_and_no_to_failure_on_grid(embedded):
+    from llmrl.envs import WithText
+
+    win, lose = grid_policy("goal"), grid_policy("puddle")
+    env = JudgeReward(WithText(gym.make(GRID)), embedded, objective=GRID_OBJECTIVE)
+    success = play(env, win, first_seed(win, "reached the goal"))
+    failure = play(env, lose, first_seed(lose, "fell into the puddle"))
+    assert success[-1][1]["intrinsic_reward"] == 1.0 and success[-1][0] == pytest.approx(2.0)
+    assert failure[-1][1]["intrinsic_reward"] == 0.0 and failure[-1][0] == pytest.approx(-1.0)
+    m = env.llmrl_metrics()
+    assert m["judge/judgements"] == 2 and m["judge/yes"] == 1 and m["llm/calls"] >= 4
+
+
+def test_real_judge_says_yes_to_success_and_no_to_failure_on_doorkey(embedded):
+    pytest.importorskip("minigrid")
+    import minigrid  # noqa: F401  (registers the ids)
+
+    from llmrl.envs import WithText
+
+    env = JudgeReward(WithText(gym.make(DOORKEY)), embedded, objective=DOORKEY_OBJECTIVE)
+    env.reset(seed=0)
+    infos = [env.step(a)[-1] for a in DOORKEY_SEED0_SOLUTION]
+    assert [i["caption"] for i in infos if i["caption"]] == [
+        "picked up the yellow key",
+        "opened the yellow door",
+        "reached the goal",
+    ]
+    assert infos[-1]["intrinsic_reward"] == 1.0
+    failure = play(env, lambda text: 0, seed=0)  # turns left until time runs out
+    assert len(failure) == 250 and failure[-1][1]["intrinsic_reward"] == 0.0
+
+
+def test_real_manual_reward_signs_for_grid_goal_and_puddle(embedded):
+    from llmrl.envs import WithText
+
+    env = ManualReward(WithText(gym.make(GRID)), embedded, scale=0.5)
+    signs = {a.event: a.sign for a in env.answers.values()}
+    assert signs["reaching the goal"] == 1 and signs["falling into a puddle"] == -1
+    lose = grid_policy("puddle")
+    steps = play(env, lose, first_seed(lose, "fell into the puddle"))
+    assert steps[-1][1]["intrinsic_reward"] == -0.5 and steps[-1][0] == pytest.approx(-1.5)
+
+
+def test_real_text_goal_reward_relabels_a_grid_episode(embedded):
+    from llmrl.envs import WithText
+
+    env = TextGoalReward(WithText(gym.make(GRID)), embedded, goal="the cat is on the goal", alpha=0.5,
+                         baseline="a cat on a grid")
+    win = grid_policy("goal")
+    steps = play(env, win, first_seed(win, "reached the goal"))
+    relabel = steps[-1][1]["reward_relabel"]
+    assert relabel.shape == (len(steps),) and np.isfinite(relabel).all()
+    assert "reward_relabel" not in steps[0][1] or len(steps) == 1
+    assert env.llmrl_metrics()["textgoal/states_scored"] == len(steps)
+
+
+def test_real_preference_reward_fits_and_rewards(embedded, tmp_path):
+    from llmrl.envs import WithText
+
+    env = PreferenceReward(WithText(gym.make(GRID)), embedded, goal=GRID_OBJECTIVE, warmup_steps=40, n_pairs=6,
+                           labels_path=tmp_path / "labels.jsonl", epochs=100)
+    rng = np.random.default_rng(0)
+    env.reset(seed=0)
+    intr = []
+    for _ in range(80):
+        _, _, term, trunc, info = env.step(int(rng.integers(4)))
+        intr.append(info["intrinsic_reward"])
+        if term or trunc:
+            env.reset()
+    assert env.net is not None and len(env.labels) == 6
+    assert all(0.0 <= p <= 1.0 for p in env.labels.values())
+    assert any(v != 0.0 for v in intr[45:])
+
+
+def _tiny_clip(path):
+    """A random-weight CLIP (16-wide towers, 32x32 images) with a word-level tokenizer, saved to `path`."""
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = ["[PAD]", "[UNK]", "<|startoftext|>", "<|endoftext|>", "a", "cat", "on", "the", "goal", "grid"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", bos_token="<|startoftext|>",
+        eos_token="<|endoftext|>",
+    )
+    small = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    cfg = transformers.CLIPConfig(
+        text_config=dict(vocab_size=len(words), max_position_embeddings=16, eos_token_id=3, pad_token_id=0,
+                         bos_token_id=2, **small),
+        vision_config=dict(image_size=32, patch_size=8, **small),
+        projection_dim=8,
+    )
+    import torch
+
+    torch.manual_seed(0)
+    transformers.CLIPModel(cfg).save_pretrained(path)
+    fast.save_pretrained(path)
+    transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
+    return str(path)
+
+
+def test_tiny_clip_reward_scores_grid_frames_and_relabels(tmp_path):
+    from llmrl.roles.rewards import CLIPEmbedder, CLIPReward
+
+    clip = CLIPEmbedder(_tiny_clip(tmp_path / "clip"))
+    goal = "a cat on the goal"
+    env = CLIPReward(gym.make(GRID, render_mode="rgb_array"), clip, goal=goal, alpha=0.0)
+    obs, _ = env.reset(seed=0)
+    frames, infos = [], []
+    for _ in range(200):
+        obs, _, term, trunc, info = env.step(0 if obs // 4 > 0 else 1)  # up to the top row, then right
+        frames.append(env.render())
+        infos.append(info)
+        if term or trunc:
+            break
+    relabel = infos[-1]["reward_relabel"]
+    # alpha = 0: plain cosine between each frame's and the goal's CLIP embeddings
+    x, g = clip.embed_states(frames), clip.embed_texts([goal])[0]
+    cos = x @ g / np.linalg.norm(x, axis=1) / np.linalg.norm(g)
+    assert relabel == pytest.approx(cos, abs=1e-5)
+    assert clip.stats["hits"] > 0  # repeated frames are embedded once
+    with pytest.raises(ConfigError, match="render_mode"):
+        CLIPReward(gym.make(GRID), clip, goal=goal)
+
+
+def test_sb3_ppo_trains_on_a_manual_reward_env(embedded):
+    sb3 = pytest.importorskip("stable_baselines3")
+    import torch
+
+    from llmrl.envs import WithText
+
+    torch.set_num_threads(1)
+    env = ManualReward(WithText(gym.make(GRID)), embedded, scale=0.1)
+    model = sb3.PPO("MlpPolicy", env, n_steps=256, batch_size=64, n_epochs=4, seed=0, verbose=0)
+    model.learn(3072)
+    m = env.llmrl_metrics()
+    assert m["manual/steps"] >= 3072 and m["manual/events"] > 0
+    assert "reward/intrinsic" in m and m["reward/intrinsic"] != 0.0
