@@ -361,7 +361,8 @@ def _plain(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str, np.generic)):
         return value
     if isinstance(value, np.ndarray):
-        return value.copy() if value.dtype != object else _NOT_PLAIN
+        # numbers only: text arrays (e.g. the last state texts of WithText) are recomputed on the next step
+        return value.copy() if value.dtype.kind in "biufc" else _NOT_PLAIN
     if isinstance(value, np.random.Generator):
         return {"__generator__": value.bit_generator.state}
     if isinstance(value, deque):
