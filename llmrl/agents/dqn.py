@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,6 +87,10 @@ class DQNConfig:
     Q-network), else (64, 64)."""
     optimize_memory: bool = True
     """Store each observation once (next observation = the following slot's observation)."""
+    flush_denormal: bool = True
+    """During updates on CPU, flush subnormal floats to zero (torch.set_flush_denormal). Adam's second
+    moments of rarely-updated weights decay into the subnormal range, where CPU arithmetic is ~10x
+    slower; flushing them changes values below 1e-38 only. The flag is switched off after each round."""
     log_interval: int = 1000
     """Env steps per training iteration: how often metrics are logged and callbacks run."""
 
@@ -264,9 +270,8 @@ class DQN(Agent):
             actions = self._explore(self.exploration_rate)
             next_obs, rewards, terminated, truncated, infos, valid = self._env_step(actions)
             buf.add(obs, next_obs, actions - self._action_start, rewards, terminated, truncated, valid)
-            if (
-                "reward_relabel" in infos
-            ):  # deferred rewards for the episode that just ended (ARCHITECTURE.md)
+            # Deferred rewards for an episode that just ended (ARCHITECTURE.md, "relabelling").
+            if "reward_relabel" in infos:
                 mask = infos.get("_reward_relabel", np.ones(self.num_envs, bool))
                 for i in np.flatnonzero(mask):
                     buf.relabel(int(i), np.asarray(infos["reward_relabel"][i], dtype=np.float32))
@@ -278,7 +283,8 @@ class DQN(Agent):
                 and self.num_timesteps >= cfg.learning_starts
                 and len(buf) >= 1
             ):
-                loss, q = self._train(cfg.gradient_steps, total_timesteps)
+                with _flush_denormal(cfg.flush_denormal and self.device.type == "cpu"):
+                    loss, q = self._train(cfg.gradient_steps, total_timesteps)
                 loss_sum += loss
                 q_sum += q
                 updates += cfg.gradient_steps
@@ -433,6 +439,18 @@ class DQN(Agent):
         self._last_target_step = int(state["last_target_step"])
         self._target_stale = bool(state["target_stale"])
         self.exploration_rate = float(state["exploration_rate"])
+
+
+@contextmanager
+def _flush_denormal(on: bool) -> Iterator[None]:
+    """Flush subnormals to zero inside the block (torch has no getter: the flag is reset to off after)."""
+    if not (on and torch.set_flush_denormal(True)):
+        yield
+        return
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
 
 
 class FlatAdam:
