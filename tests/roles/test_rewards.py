@@ -408,17 +408,14 @@ def play(env, policy, seed):
     raise AssertionError("episode did not end")
 
 
-def first_seed(policy, caption):
-    """The first seed whose episode's only event is `caption` (no slips or bumps on the way).
-
-    The 270M judge is swayed by bad-sounding events on the way ("slipped down and bumped into a
-    wall ... reached the goal" gets a No); benchmarks/rewards.py measures its accuracy on random episodes.
-    """
+def first_seed(policy, caption, *, min_events=1):
+    """The first seed whose episode ends with `caption` after at least `min_events` events (slips, bumps)."""
     from llmrl.envs import WithText
 
     env = WithText(gym.make(GRID))
     for seed in range(200):
-        if [i["caption"] for _, i in play(env, policy, seed) if i["caption"]] == [caption]:
+        caps = [i["caption"] for _, i in play(env, policy, seed) if i["caption"]]
+        if caps[-1] == caption and len(caps) >= min_events:
             return seed
     raise AssertionError(f"no seed gives {caption!r}")
 
@@ -428,8 +425,9 @@ def test_real_judge_says_yes_to_success_and_no_to_failure_on_grid(embedded):
 
     win, lose = grid_policy("goal"), grid_policy("puddle")
     env = JudgeReward(WithText(gym.make(GRID)), embedded, objective=GRID_OBJECTIVE)
-    success = play(env, win, first_seed(win, "reached the goal"))
-    failure = play(env, lose, first_seed(lose, "fell into the puddle"))
+    # episodes with slips and bumps on the way: the default judge reads the outcome (the last event)
+    success = play(env, win, first_seed(win, "reached the goal", min_events=3))
+    failure = play(env, lose, first_seed(lose, "fell into the puddle", min_events=3))
     assert success[-1][1]["intrinsic_reward"] == 1.0 and success[-1][0] == pytest.approx(2.0)
     assert failure[-1][1]["intrinsic_reward"] == 0.0 and failure[-1][0] == pytest.approx(-1.0)
     m = env.llmrl_metrics()

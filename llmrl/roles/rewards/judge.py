@@ -14,6 +14,8 @@ The verdict compares the scores of "Yes" and "No" rather than parsing free text.
   (Zhao et al. 2021, "Calibrate Before Use"): the margin under a content-free episode ("N/A") is
   subtracted.
 
+The transcript keeps the last `max_lines` events (default 1: the outcome; see the argument).
+
 Why channel is the default: the embedded model (Gemma 3 270M, a base model) leans "Yes" whatever the
 episode; measured on labelled Grid and DoorKey transcripts (benchmarks/rewards.py), the calibrated
 Yes/No margin was at chance while the channel margin was right on most (see RESULTS.md for the
@@ -44,7 +46,7 @@ _QUESTION = "Question: Did the agent achieve the objective?\nAnswer:"
 _VERDICT = "This is an episode where the agent {}.\nEpisode:\n"
 
 
-def transcript(captions: Sequence[str], *, max_lines: int = 24) -> str:
+def transcript(captions: Sequence[str], *, max_lines: int = 12) -> str:
     """Captions -> a compact transcript: empty ones dropped, runs of repeats folded ("moved up (x3)").
 
     Folding keeps the prompt short and makes similar episodes give the same text (cache hits).
@@ -90,7 +92,7 @@ class JudgeReward(RewardRole):
         fallback: float = 0.0,
         key: str = "caption",
         final_text: bool = False,
-        max_lines: int = 24,
+        max_lines: int = 1,
         max_calls: int | None = None,
     ):
         """
@@ -108,7 +110,10 @@ class JudgeReward(RewardRole):
             fallback: reward when a free-text answer is unparseable or the call budget is spent.
             key: info key whose per-step text makes the transcript ("caption", or "text" for states).
             final_text: append the final `info["text"]` (the state in words) to the transcript.
-            max_lines: transcript lines kept (the last ones).
+            max_lines: transcript lines (events) kept, the last ones. Default 1, the episode's outcome:
+                with more lines the 270M model is swayed by bad-sounding events on the way (measured
+                accuracy on Grid/DoorKey episodes: 1.0 with the last event, 0.67-0.75 with the last 3;
+                benchmarks/rewards.py). Raise it for larger models or objectives about the whole episode.
             max_calls: budget of LLM prompts for this role; beyond it verdicts are `fallback`.
         """
         super().__init__(env, llm=llm, max_calls=max_calls)
