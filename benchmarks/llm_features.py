@@ -212,7 +212,7 @@ def main() -> None:
     p.add_argument("--naive-steps", type=int, default=100, help="steps of the naive method on Grid")
     p.add_argument("--atari-naive-steps", type=int, default=40, help="steps of the naive method on Breakout")
     p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--learn-steps", type=int, default=15_000)
+    p.add_argument("--learn-steps", type=int, default=10_000)
     p.add_argument("--eval-episodes", type=int, default=100)
     p.add_argument("--skip", nargs="*", default=[], choices=["grid", "breakout", "learn"])
     p.add_argument("--out", default="runs/bench-llm-features")
