@@ -112,22 +112,23 @@ class StackedMLP(nn.Module):
     weights (K, in, out), biases (K, 1, out). Output columns beyond a net's own width are zero and,
     receiving no gradient, stay zero. `forward_saved` + `backward` are a hand-written backward pass:
     for the tiny networks of classic control an autograd graph costs several times the arithmetic.
-    Activations: tanh or relu (their derivatives are read off the saved outputs).
+    Activations: tanh or relu, whose backward needs only their outputs y (one fused op each).
     """
 
-    DERIVATIVES: dict[type[nn.Module], Callable[[torch.Tensor], torch.Tensor]] = {
-        nn.Tanh: lambda y: 1 - y * y,
-        nn.ReLU: lambda y: (y > 0).to(y.dtype),
+    # (grad w.r.t. y, y) -> grad w.r.t. the activation's input: g * (1 - y^2) for tanh, g * (y > 0) for relu
+    BACKWARD: dict[type[nn.Module], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+        nn.Tanh: torch.ops.aten.tanh_backward,
+        nn.ReLU: lambda g, y: torch.ops.aten.threshold_backward(g, y, 0),
     }
 
     def __init__(self, in_dim: int, hidden: Sequence[int], out_dims: Sequence[int], *,
                  activation: type[nn.Module] = nn.Tanh, out_gains: Sequence[float | None] | None = None):  # fmt: skip
         super().__init__()
-        if activation not in self.DERIVATIVES:
-            raise ConfigError(f"StackedMLP supports activations {list(self.DERIVATIVES)}, not {activation}.")
+        if activation not in self.BACKWARD:
+            raise ConfigError(f"StackedMLP supports activations {list(self.BACKWARD)}, not {activation}.")
         self.out_dims = tuple(out_dims)
         self.act = activation()
-        self.act_grad = self.DERIVATIVES[activation]
+        self.act_backward = self.BACKWARD[activation]
         gains = out_gains or [None] * len(out_dims)
         nets = [mlp(in_dim, hidden, k, activation=activation, out_gain=g) for k, g in zip(out_dims, gains)]
         width = max(self.out_dims)
@@ -176,8 +177,8 @@ class StackedMLP(nn.Module):
         """Write d loss / d parameters into each parameter's `.grad` (overwriting it), given
         grad_out = d loss / d forward_saved(x), (K, B, max(out_dims))."""
         g = grad_out
-        for p in self.parameters():
-            if p.grad is None:
+        if self._layers[0][0].grad is None:
+            for p in self.parameters():
                 p.grad = torch.zeros_like(p)
         with torch.no_grad():
             for i in range(len(self._layers) - 1, -1, -1):
@@ -185,7 +186,7 @@ class StackedMLP(nn.Module):
                 torch.sum(g, 1, keepdim=True, out=b.grad)  # (K, 1, out)
                 torch.bmm(h_in.transpose(1, 2), g, out=w.grad)  # (K, in, out)
                 if i > 0:  # through the layer, then the activation that produced h_in
-                    g = torch.bmm(g, w.transpose(1, 2)).mul_(self.act_grad(h_in))
+                    g = self.act_backward(torch.bmm(g, w.transpose(1, 2)), h_in)
         self._saved = []
 
 
@@ -219,6 +220,9 @@ class NatureCNN(nn.Module):
             x = x.unsqueeze(1)
         elif not self.channels_first:
             x = x.permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W)
+        # channels-last memory (a no-op for HWC input): oneDNN's fast conv layout on CPU, ~1.5x faster
+        # training steps than NCHW for this stack; conversion on the uint8 input, before the float copy
+        x = x.contiguous(memory_format=torch.channels_last)
         return self.conv(x.float() / 255.0)
 
 

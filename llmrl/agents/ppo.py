@@ -227,7 +227,7 @@ class ActorCritic(nn.Module):
 def _stackable(obs_space: spaces.Space, activation: type[nn.Module]) -> bool:
     """Vector observations with an activation whose derivative StackedMLP knows."""
     return (isinstance(obs_space, spaces.Box) and not is_image_space(obs_space)
-            and activation in StackedMLP.DERIVATIVES)  # fmt: skip
+            and activation in StackedMLP.BACKWARD)  # fmt: skip
 
 
 def compute_gae(

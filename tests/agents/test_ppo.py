@@ -229,5 +229,5 @@ def test_hand_written_loss_gradients_match_autograd(discrete, clip_range_vf, ent
     if not discrete:
         torch.testing.assert_close(step.grad_log_std, grads[2])
     assert step.pg_loss + cfg.vf_coef * step.v_loss == pytest.approx(
-        float(loss.detach()) + ent_coef * float(model.entropy(out).mean()), abs=1e-5
+        float(loss.detach()) + ent_coef * float(model.entropy(out).mean().detach()), abs=1e-5
     )
