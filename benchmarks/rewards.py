@@ -65,21 +65,45 @@ def tiny_clip(path: str) -> str:
     import transformers
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    words = ["[PAD]", "[UNK]", "<|startoftext|>", "<|endoftext|>"] + ["a", "the", "cat", "agent", "is", "at", "on", "green", "goal", "square"]
+    words = ["[PAD]", "[UNK]", "<|startoftext|>", "<|endoftext|>"] + [
+        "a",
+        "the",
+        "cat",
+        "agent",
+        "is",
+        "at",
+        "on",
+        "green",
+        "goal",
+        "square",
+    ]
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", bos_token="<|startoftext|>", eos_token="<|endoftext|>"
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        bos_token="<|startoftext|>",
+        eos_token="<|endoftext|>",
     ).save_pretrained(path)
     small = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
     cfg = transformers.CLIPConfig(
-        text_config=dict(vocab_size=len(words), max_position_embeddings=16, eos_token_id=3, pad_token_id=0, bos_token_id=2, **small),
+        text_config=dict(
+            vocab_size=len(words),
+            max_position_embeddings=16,
+            eos_token_id=3,
+            pad_token_id=0,
+            bos_token_id=2,
+            **small,
+        ),
         vision_config=dict(image_size=32, patch_size=8, **small),
         projection_dim=8,
     )
     torch.manual_seed(0)
     transformers.CLIPModel(cfg).save_pretrained(path)
-    transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
+    transformers.CLIPImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    ).save_pretrained(path)
     return path
 
 
@@ -133,7 +157,11 @@ def cost_table(steps: int, clip_path: str) -> tuple[list[str], dict]:
             st = {k: v - before[k] for k, v in llm.stats.as_dict().items()}
             if name == "clip (tiny)":  # CLIP is not behind the LLM protocol: its own counters
                 cs = env.embedder.stats
-                st = {"llm/calls": cs["frames"], "llm/misses": cs["frames"] - cs["hits"], "llm/seconds": cs["seconds"]}
+                st = {
+                    "llm/calls": cs["frames"],
+                    "llm/misses": cs["frames"] - cs["hits"],
+                    "llm/seconds": cs["seconds"],
+                }
             k = 1000.0 / steps
             sps = steps / secs
             rows.append(
@@ -221,8 +249,14 @@ def doorkey_episodes(n: int, seed: int = 0) -> list[tuple[list[str], bool]]:
 
 def judge_table(n: int, llm) -> list[str]:
     examples = {
-        GRID: [(["slipped left", "bumped into a wall", "reached the goal"], True), (["slipped up", "fell into the puddle"], False)],
-        DOORKEY: [(["picked up the red key", "opened the red door", "reached the goal"], True), (["picked up the red key"], False)],
+        GRID: [
+            (["slipped left", "bumped into a wall", "reached the goal"], True),
+            (["slipped up", "fell into the puddle"], False),
+        ],
+        DOORKEY: [
+            (["picked up the red key", "opened the red door", "reached the goal"], True),
+            (["picked up the red key"], False),
+        ],
     }
     methods = {
         "channel, last event (default)": dict(method="channel"),
@@ -255,18 +289,27 @@ def judge_table(n: int, llm) -> list[str]:
 
 
 def manual_table(llm) -> list[str]:
-    rows = ["| env | event | calibrated good − bad | derived sign | intended | right |", "|---|---|---:|---:|---:|---|"]
+    rows = [
+        "| env | event | calibrated good − bad | derived sign | intended | right |",
+        "|---|---|---:|---:|---:|---|",
+    ]
     for env_id in (GRID, DOORKEY):
         role = ManualReward(WithText(gym.make(env_id)), llm)
         for a in role.answers.values():
             want = EXPECTED_SIGN[a.event]
-            rows.append(f"| {env_id} | {a.event} | {a.margin:+.2f} | {a.sign:+d} | {want:+d} | {'yes' if a.sign == want else 'NO'} |")
+            rows.append(
+                f"| {env_id} | {a.event} | {a.margin:+.2f} | {a.sign:+d} | {want:+d} | {'yes' if a.sign == want else 'NO'} |"
+            )
     return rows
 
 
 def grid_distance(text: str) -> int:
     m = re.search(r"goal ([^;]*)", text)
-    return 0 if m is None or "here" in m.group(1) else sum(int(k) for k in re.findall(r"(\d+) cells?", m.group(1)))
+    return (
+        0
+        if m is None or "here" in m.group(1)
+        else sum(int(k) for k in re.findall(r"(\d+) cells?", m.group(1)))
+    )
 
 
 def preference_agreement(role: PreferenceReward) -> str:

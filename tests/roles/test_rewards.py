@@ -134,7 +134,9 @@ def test_judge_calibration_turns_a_yes_leaning_model_into_a_judge():
     assert m["judge/judgements"] == 2 and m["judge/yes"] == 1 and m["judge/bias"] == 1.0
     assert m["reward/intrinsic"] == 0.5 and m["reward/extrinsic"] == 0.0
     # uncalibrated, the same model says Yes to the failure too (fail margin 0.5 > 0)
-    raw = JudgeReward(CaptionEnv([FAILURE]), FakeLLM(yes_leaning_judge), objective="x", method="score", calibrate=False)
+    raw = JudgeReward(
+        CaptionEnv([FAILURE]), FakeLLM(yes_leaning_judge), objective="x", method="score", calibrate=False
+    )
     assert run_episode(raw, 10)[-1][1]["intrinsic_reward"] == 1.0
 
 
@@ -147,8 +149,12 @@ def channel_judge(prompt, cont):
 
 def test_judge_channel_scores_the_transcript_under_both_verdicts():
     llm = FakeLLM(channel_judge)
-    env = JudgeReward(CaptionEnv([SUCCESS, FAILURE]), llm, objective="Reach the goal.",
-                      examples=[(["reached the goal"], True)])
+    env = JudgeReward(
+        CaptionEnv([SUCCESS, FAILURE]),
+        llm,
+        objective="Reach the goal.",
+        examples=[(["reached the goal"], True)],
+    )
     assert run_episode(env, 10)[-1][1]["judge_p"] == pytest.approx(1 / (1 + np.exp(-2.0)))
     assert run_episode(env, 10)[-1][1]["intrinsic_reward"] == 0.0
     assert len(llm.prompts) == 4 and "agent succeeded.\nEpisode:\n- reached the goal\n\n" in llm.prompts[0]
@@ -158,8 +164,14 @@ def test_judge_channel_scores_the_transcript_under_both_verdicts():
 def test_judge_every_k_rewards_sum_to_the_final_verdict():
     llm = FakeLLM(yes_leaning_judge)
     long_success = [("moved", "", 0.0)] * 4 + [("reached the goal", "", 1.0)]
-    env = JudgeReward(CaptionEnv([long_success]), llm, objective="Reach the goal.", every=2, output="probability",
-                      method="score")
+    env = JudgeReward(
+        CaptionEnv([long_success]),
+        llm,
+        objective="Reach the goal.",
+        every=2,
+        output="probability",
+        method="score",
+    )
     steps = run_episode(env, 10)
     intr = [info["intrinsic_reward"] for _, info in steps]
     assert intr[0] == intr[2] == 0.0  # judged at steps 2, 4 and the end (5)
@@ -177,8 +189,14 @@ def test_judge_free_text_counts_unparseable_and_uses_fallback():
 
 
 def test_judge_budget_gives_fallback():
-    env = JudgeReward(CaptionEnv([SUCCESS]), FakeLLM(yes_leaning_judge), objective="x", max_calls=1, fallback=0.25,
-                      method="score")
+    env = JudgeReward(
+        CaptionEnv([SUCCESS]),
+        FakeLLM(yes_leaning_judge),
+        objective="x",
+        max_calls=1,
+        fallback=0.25,
+        method="score",
+    )
     assert run_episode(env, 10)[-1][1]["intrinsic_reward"] == 1.0
     assert run_episode(env, 10)[-1][1]["intrinsic_reward"] == 0.25
     m = env.llmrl_metrics()
@@ -262,7 +280,10 @@ def test_relabel_lands_in_the_right_transitions_across_buffer_wraparound():
 
     lengths = [3, 5]
     eps = {
-        n: [_text_episode(*(["start", "near", "goal", "pit", "key"][(k + j) % 5] for j in range(n))) for k in range(3)]
+        n: [
+            _text_episode(*(["start", "near", "goal", "pit", "key"][(k + j) % 5] for j in range(n)))
+            for k in range(3)
+        ]
         for n in lengths
     }
     venv = gym.vector.SyncVectorEnv([lambda n=n: CaptionEnv(eps[n]) for n in lengths])
@@ -315,9 +336,15 @@ def test_manual_reward_signs_and_event_rewards():
     llm = FakeLLM(manual_judge)
     eps = [[("moved", "", 0.0), ("fell into the pit", "", -1.0)], [("reached the goal and more", "", 1.0)]]
     env = ManualReward(
-        CaptionEnv(eps), llm, manual="Reach the goal. Avoid the pit.", scale=0.5,
-        events={r"reached the goal": "reaching the goal", r"fell into the \w+": "falling into the pit",
-                r"nothing": "doing nothing"},
+        CaptionEnv(eps),
+        llm,
+        manual="Reach the goal. Avoid the pit.",
+        scale=0.5,
+        events={
+            r"reached the goal": "reaching the goal",
+            r"fell into the \w+": "falling into the pit",
+            r"nothing": "doing nothing",
+        },
     )
     signs = {a.event: a.sign for a in env.answers.values()}
     assert signs == {"reaching the goal": 1, "falling into the pit": -1, "doing nothing": 0}
@@ -351,8 +378,9 @@ def test_preference_reward_learns_the_llm_ranking_and_resumes(tmp_path):
     eps = [_text_episode(*texts)]
     path = tmp_path / "labels.jsonl"
     llm = FakeLLM(count_preference)
-    env = PreferenceReward(CaptionEnv(eps), llm, goal="goal", warmup_steps=6, n_pairs=10, labels_path=path,
-                           epochs=400)
+    env = PreferenceReward(
+        CaptionEnv(eps), llm, goal="goal", warmup_steps=6, n_pairs=10, labels_path=path, epochs=400
+    )
     first = run_episode(env, 10)  # the 6th step fits the model
     assert all(info["intrinsic_reward"] == 0.0 for _, info in first)
     assert env.net is not None and env.counters["labelled"] == 10 and len(path.read_text().splitlines()) == 10
@@ -467,8 +495,13 @@ def test_real_manual_reward_signs_for_grid_goal_and_puddle(embedded):
 def test_real_text_goal_reward_relabels_a_grid_episode(embedded):
     from llmrl.envs import WithText
 
-    env = TextGoalReward(WithText(gym.make(GRID)), embedded, goal="the cat is on the goal", alpha=0.5,
-                         baseline="a cat on a grid")
+    env = TextGoalReward(
+        WithText(gym.make(GRID)),
+        embedded,
+        goal="the cat is on the goal",
+        alpha=0.5,
+        baseline="a cat on a grid",
+    )
     win = grid_policy("goal")
     steps = play(env, win, first_seed(win, "reached the goal"))
     relabel = steps[-1][1]["reward_relabel"]
@@ -480,8 +513,15 @@ def test_real_text_goal_reward_relabels_a_grid_episode(embedded):
 def test_real_preference_reward_fits_and_rewards(embedded, tmp_path):
     from llmrl.envs import WithText
 
-    env = PreferenceReward(WithText(gym.make(GRID)), embedded, goal=GRID_OBJECTIVE, warmup_steps=30, n_pairs=4,
-                           labels_path=tmp_path / "labels.jsonl", epochs=100)
+    env = PreferenceReward(
+        WithText(gym.make(GRID)),
+        embedded,
+        goal=GRID_OBJECTIVE,
+        warmup_steps=30,
+        n_pairs=4,
+        labels_path=tmp_path / "labels.jsonl",
+        epochs=100,
+    )
     rng = np.random.default_rng(0)
     env.reset(seed=0)
     intr = []
@@ -504,13 +544,22 @@ def _tiny_clip(path):
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     fast = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", bos_token="<|startoftext|>",
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        bos_token="<|startoftext|>",
         eos_token="<|endoftext|>",
     )
     small = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
     cfg = transformers.CLIPConfig(
-        text_config=dict(vocab_size=len(words), max_position_embeddings=16, eos_token_id=3, pad_token_id=0,
-                         bos_token_id=2, **small),
+        text_config=dict(
+            vocab_size=len(words),
+            max_position_embeddings=16,
+            eos_token_id=3,
+            pad_token_id=0,
+            bos_token_id=2,
+            **small,
+        ),
         vision_config=dict(image_size=32, patch_size=8, **small),
         projection_dim=8,
     )
@@ -519,7 +568,9 @@ def _tiny_clip(path):
     torch.manual_seed(0)
     transformers.CLIPModel(cfg).save_pretrained(path)
     fast.save_pretrained(path)
-    transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
+    transformers.CLIPImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    ).save_pretrained(path)
     return str(path)
 
 
@@ -567,7 +618,9 @@ def test_llmrl_dqn_applies_deferred_text_goal_rewards_on_a_vector_env(embedded):
     import llmrl
     from llmrl.envs import WithText
 
-    env = TextGoalReward(WithText(llmrl.make(GRID, num_envs=2)), embedded, goal="the cat is at the goal", scale=0.1)
+    env = TextGoalReward(
+        WithText(llmrl.make(GRID, num_envs=2)), embedded, goal="the cat is at the goal", scale=0.1
+    )
     agent = llmrl.DQN(env, seed=0, learning_starts=50)
     agent.learn(200, progress_bar=False)
     stored = agent.buffer.rewards[agent.buffer.valid]

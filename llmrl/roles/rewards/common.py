@@ -62,7 +62,9 @@ def check_llm(llm: Any, need: Sequence[str], role: str) -> None:
         )
 
 
-def yes_no_prompt_logit(llm: LLM, prompts: Sequence[str], answers: tuple[str, str] = (" Yes", " No")) -> np.ndarray:
+def yes_no_prompt_logit(
+    llm: LLM, prompts: Sequence[str], answers: tuple[str, str] = (" Yes", " No")
+) -> np.ndarray:
     """log p(answers[0]) - log p(answers[1]) for each prompt. Shape (n,).
 
     Ranking two fixed continuations is robust with small base models where parsing free text is not.
@@ -78,6 +80,8 @@ class RewardRole(RoleWrapper):
     """
 
     metric_name: str = "reward"
+    llm: LLM
+    """The backend; None only for roles that need none (CLIPReward)."""
 
     def __init__(self, env: Any, *, llm: LLM | None = None, max_calls: int | None = None, window: int = 100):
         super().__init__(env)
@@ -85,7 +89,7 @@ class RewardRole(RoleWrapper):
             raise ConfigError(f"max_calls must be >= 0 or None (no budget), got {max_calls}.")
         if window < 1:
             raise ConfigError(f"window must be >= 1 (episodes averaged in the metrics), got {window}.")
-        self.llm = llm
+        self.llm = llm  # type: ignore[assignment]
         self.max_calls = max_calls
         n = self.num_envs
         self._ep_env = np.zeros(n, dtype=np.float64)
@@ -130,7 +134,9 @@ class RewardRole(RoleWrapper):
         self._ep_int[i] += float(values.sum())
 
     def process(self, obs, rewards, terminated, truncated, infos, starts):
-        intr = np.asarray(self.intrinsic(obs, rewards, terminated, truncated, infos, starts), dtype=np.float32)
+        intr = np.asarray(
+            self.intrinsic(obs, rewards, terminated, truncated, infos, starts), dtype=np.float32
+        )
         intr = np.where(starts, 0.0, intr).astype(np.float32)
         done = (terminated | truncated) & ~starts
         for i in range(len(rewards)):

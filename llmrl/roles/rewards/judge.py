@@ -151,7 +151,11 @@ class JudgeReward(RewardRole):
     def _channel_header(self, examples: Sequence[tuple[Sequence[str], bool]]) -> str:
         head = f"Objective: {self.objective}\n"
         for caps, ok in examples:
-            head += _VERDICT.format("succeeded" if ok else "failed") + transcript(caps, max_lines=self.max_lines) + "\n\n"
+            head += (
+                _VERDICT.format("succeeded" if ok else "failed")
+                + transcript(caps, max_lines=self.max_lines)
+                + "\n\n"
+            )
         return head
 
     def margin(self, episode_texts: Sequence[str]) -> np.ndarray:
@@ -162,7 +166,9 @@ class JudgeReward(RewardRole):
         no = self._header + _VERDICT.format("failed")
         # p(transcript | verdict): the transcripts are the continuations; each prompt is evaluated once
         texts = list(episode_texts)
-        return np.asarray(self.llm.score(yes, texts), dtype=np.float64) - np.asarray(self.llm.score(no, texts), dtype=np.float64)
+        return np.asarray(self.llm.score(yes, texts), dtype=np.float64) - np.asarray(
+            self.llm.score(no, texts), dtype=np.float64
+        )
 
     def prompt(self, episode_text: str) -> str:
         """The full judge prompt for one transcript; the answer continues it with " Yes" or " No"."""

@@ -95,7 +95,7 @@ class ManualAnswer:
 class ManualReward(RewardRole):
     """Adds `scale * sign(event)` for each event the step's caption mentions; signs derived from a manual.
 
-        env = ManualReward(WithText(gymnasium.make("llmrl/Grid-v0")), llm)   # manual and events by env id
+    env = ManualReward(WithText(gymnasium.make("llmrl/Grid-v0")), llm)   # manual and events by env id
     """
 
     metric_name = "manual"
@@ -182,7 +182,10 @@ class ManualReward(RewardRole):
 
     def intrinsic(self, obs, rewards, terminated, truncated, infos, starts):
         return np.array(
-            [0.0 if starts[i] else self.reward_of(str(infos[i].get(self.key, "") or "")) for i in range(len(rewards))]
+            [
+                0.0 if starts[i] else self.reward_of(str(infos[i].get(self.key, "") or ""))
+                for i in range(len(rewards))
+            ]
         )
 
     def extra_metrics(self) -> dict[str, float]:

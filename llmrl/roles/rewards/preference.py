@@ -37,8 +37,8 @@ __all__ = ["PreferenceReward"]
 class PreferenceReward(RewardRole):
     """Motif-style intrinsic reward: an MLP fitted to the LLM's pairwise preferences between state texts.
 
-        env = PreferenceReward(WithText(gymnasium.make("llmrl/Grid-v0")), llm,
-                               goal="The cat reaches the goal cell.", warmup_steps=1000)
+    env = PreferenceReward(WithText(gymnasium.make("llmrl/Grid-v0")), llm,
+                           goal="The cat reaches the goal cell.", warmup_steps=1000)
     """
 
     metric_name = "preference"
@@ -83,7 +83,13 @@ class PreferenceReward(RewardRole):
         for name, v in (("warmup_steps", warmup_steps), ("n_pairs", n_pairs), ("epochs", epochs)):
             if v < 0:
                 raise ConfigError(f"{name} must be >= 0, got {v}.")
-        self.goal, self.key, self.warmup_steps, self.n_pairs, self.coef = goal.strip(), key, warmup_steps, n_pairs, coef
+        self.goal, self.key, self.warmup_steps, self.n_pairs, self.coef = (
+            goal.strip(),
+            key,
+            warmup_steps,
+            n_pairs,
+            coef,
+        )
         self.hidden, self.epochs, self.lr, self.max_texts, self.seed = hidden, epochs, lr, max_texts, seed
         self.labels_path = Path(labels_path) if labels_path is not None else None
         self.labels: dict[tuple[str, str], float] = self._load_labels()
@@ -96,10 +102,7 @@ class PreferenceReward(RewardRole):
     # -- labels -----------------------------------------------------------------------------------
 
     def prompt(self, a: str, b: str) -> str:
-        return (
-            f"Goal: {self.goal}\nWhich situation is closer to the goal?\n"
-            f"A: {a}\nB: {b}\nAnswer (A or B):"
-        )
+        return f"Goal: {self.goal}\nWhich situation is closer to the goal?\nA: {a}\nB: {b}\nAnswer (A or B):"
 
     def preference(self, a: str, b: str) -> float:
         """P(a is closer to the goal than b), position-debiased: mean of both orders. In [0, 1]."""
@@ -170,7 +173,13 @@ class PreferenceReward(RewardRole):
         emb = {t: e for t, e in zip(texts, np.asarray(self.llm.embed(texts), dtype=np.float32))}
         torch.manual_seed(self.seed)
         d = len(next(iter(emb.values())))
-        self.net = nn.Sequential(nn.Linear(d, self.hidden), nn.ReLU(), nn.Linear(self.hidden, self.hidden), nn.ReLU(), nn.Linear(self.hidden, 1))
+        self.net = nn.Sequential(
+            nn.Linear(d, self.hidden),
+            nn.ReLU(),
+            nn.Linear(self.hidden, self.hidden),
+            nn.ReLU(),
+            nn.Linear(self.hidden, 1),
+        )
         xa = torch.as_tensor(np.stack([emb[a] for a, _ in pairs]))  # (P, d)
         xb = torch.as_tensor(np.stack([emb[b] for _, b in pairs]))  # (P, d)
         y = torch.as_tensor(labels, dtype=torch.float32)  # (P,) soft P(a > b)
@@ -188,7 +197,12 @@ class PreferenceReward(RewardRole):
         self._mean, self._std = float(r.mean()), float(r.std() + 1e-6)
         self._reward_memo = {}
         self.counters["fitted"] += 1
-        log.info("PreferenceReward: %d labelled pairs over %d texts, final BT loss %.3f", len(pairs), len(texts), float(loss.detach()))
+        log.info(
+            "PreferenceReward: %d labelled pairs over %d texts, final BT loss %.3f",
+            len(pairs),
+            len(texts),
+            float(loss.detach()),
+        )
         return float(loss.detach())
 
     def reward_of(self, texts: Sequence[str]) -> np.ndarray:

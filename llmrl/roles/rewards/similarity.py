@@ -93,7 +93,9 @@ class CLIPEmbedder:
     small worlds repeat frames constantly.
     """
 
-    def __init__(self, model: str = "openai/clip-vit-base-patch32", *, device: str = "cpu", batch_size: int = 64):
+    def __init__(
+        self, model: str = "openai/clip-vit-base-patch32", *, device: str = "cpu", batch_size: int = 64
+    ):
         transformers = optional_import("transformers", "hf")
         import torch
 
@@ -114,8 +116,12 @@ class CLIPEmbedder:
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         with self.torch.no_grad():
-            tok = self.tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt").to(self.device)
-            feats = self.model.get_text_features(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"])
+            tok = self.tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt").to(
+                self.device
+            )
+            feats = self.model.get_text_features(
+                input_ids=tok["input_ids"], attention_mask=tok["attention_mask"]
+            )
         return _as_array(feats)  # (n, D)
 
     def embed_states(self, states: Sequence[np.ndarray]) -> np.ndarray:
@@ -271,8 +277,8 @@ class GoalSimilarityReward(RewardRole):
 class CLIPReward(GoalSimilarityReward):
     """VLM-RM: CLIP similarity of the rendered frame to a goal sentence (env needs render_mode="rgb_array").
 
-        env = CLIPReward(gymnasium.make("llmrl/Grid-v0", render_mode="rgb_array"),
-                         CLIPEmbedder("openai/clip-vit-base-patch32"), goal="a cat on the goal")
+    env = CLIPReward(gymnasium.make("llmrl/Grid-v0", render_mode="rgb_array"),
+                     CLIPEmbedder("openai/clip-vit-base-patch32"), goal="a cat on the goal")
     """
 
     metric_name = "clip"
@@ -301,7 +307,7 @@ class CLIPReward(GoalSimilarityReward):
 class TextGoalReward(GoalSimilarityReward):
     """VLM-RM's formula without a VLM: the state text (`info["text"]`) vs the goal, by sentence embedding.
 
-        env = TextGoalReward(WithText(gymnasium.make("llmrl/Grid-v0")), llm, goal="the cat is on the goal")
+    env = TextGoalReward(WithText(gymnasium.make("llmrl/Grid-v0")), llm, goal="the cat is on the goal")
     """
 
     metric_name = "textgoal"
