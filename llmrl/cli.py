@@ -35,7 +35,9 @@ from llmrl.errors import ConfigError, LLMRLError
 __all__ = ["main", "TrainConfig", "EvalConfig", "GifConfig", "BenchConfig", "DemoConfig", "load_preset"]
 
 PRESET_DIR = Path(__file__).parent / "presets"
-RoleName = Literal["none", "features", "ellm", "judge", "manual-reward", "text-reward", "vlm-reward", "preference"]
+RoleName = Literal[
+    "none", "features", "ellm", "judge", "manual-reward", "text-reward", "vlm-reward", "preference"
+]
 
 
 @dataclass
@@ -111,13 +113,17 @@ class GifConfig:
     """Seed of the episode shown."""
     advice: bool = True
     """Show the LLM's short advice beside the frames (runs with an LLM role only)."""
+    language: str | None = None
+    """Ask for the advice in this language (e.g. Japanese, as the seed showed)."""
 
 
 @dataclass
 class BenchConfig:
     """Run a benchmark script from benchmarks/ (in a source checkout) and print its table."""
 
-    name: tyro.conf.Positional[Literal["rl_core", "llm_ops", "envs_text", "llm_features", "rewards", "planner"]] = "llm_ops"
+    name: tyro.conf.Positional[
+        Literal["rl_core", "llm_ops", "envs_text", "llm_features", "rewards", "planner"]
+    ] = "llm_ops"
     """Which benchmark."""
     quick: bool = True
     """A short run (--quick); turn off for the full measurement recorded in RESULTS.md."""
@@ -230,7 +236,9 @@ def _run_dir(cfg: TrainConfig) -> Path:
 def _saved_config(run: Path) -> TrainConfig:
     path = run / "config.yaml"
     if not path.is_file():
-        raise ConfigError(f"{run} is not a run folder (no config.yaml); train one with `llmrl train --out {run}`")
+        raise ConfigError(
+            f"{run} is not a run folder (no config.yaml); train one with `llmrl train --out {run}`"
+        )
     return _train_config(yaml.safe_load(path.read_text()))
 
 
@@ -297,9 +305,11 @@ def gif(cfg: GifConfig) -> Path:
     agent = _agent_class(tcfg.algo).load(cfg.run / "checkpoint", env=env)
     annotate = None
     if cfg.advice and llm is not None:
-        from llmrl.roles.features import Advisor
+        from llmrl.roles import Advisor
 
-        annotate = Advisor(llm, prompt=_yaml_values(tcfg.role_args).get("prompt"))
+        role_args = _yaml_values(tcfg.role_args)
+        options = {k: role_args[k] for k in ("prompt", "source", "template") if k in role_args}
+        annotate = Advisor(llm, env=env, language=cfg.language, **options)
     path = save_gif(agent, env, cfg.out or cfg.run / "agent.gif", max_steps=cfg.max_steps, annotate=annotate,
                     seed=cfg.seed)  # fmt: skip
     print(f"wrote {path}")
@@ -388,7 +398,9 @@ def _parse(config_cls: type, args: list[str], default: Any, name: str, descripti
     captured = io.StringIO()
     try:
         with contextlib.redirect_stderr(captured):
-            return tyro.cli(config_cls, args=args, default=default, prog=f"llmrl {name}", description=description)
+            return tyro.cli(
+                config_cls, args=args, default=default, prog=f"llmrl {name}", description=description
+            )
     except SystemExit as exit_:
         if not exit_.code:
             raise

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -432,7 +433,14 @@ class DQN(Agent):
         self.q_net.load_state_dict(state["q_net"])
         self.q_target.load_state_dict(state["q_target"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.buffer.load_state_dict(state["buffer_arrays"], state["buffer_meta"])
+        if state["buffer_meta"].get("num_envs") == self.buffer.num_envs:
+            self.buffer.load_state_dict(state["buffer_arrays"], state["buffer_meta"])
+        else:  # loaded to act or evaluate with another number of envs: the replay memory does not fit
+            warnings.warn(
+                f"replay buffer not restored: saved with {state['buffer_meta'].get('num_envs')} envs, loaded with "
+                f"{self.buffer.num_envs}; further training starts from an empty buffer.",
+                stacklevel=3,
+            )
         self.rng.bit_generator.state = state["rng"]
         self.n_updates = int(state["n_updates"])
         self._vector_steps = int(state["vector_steps"])
