@@ -295,7 +295,41 @@ def ppo_breakout_8env(args):
     ]  # fmt: skip
 
 
-# DQN cases: add `@case("dqn-...")` functions here (same row() format).
+# -- DQN (the runs themselves live in rl_core_dqn.py, which also prints CPU-time rates) ------------------
+
+
+@case("dqn-cartpole-1env")
+def dqn_cartpole_1env(args):
+    """RL-Zoo's tuned SB3 DQN for CartPole-v1, 1 env, 50,000 steps; llmrl with SB3's vanilla target."""
+    import rl_core_dqn as dqn
+
+    steps = 6_000 if args.quick else 50_000
+    runs = {"llmrl": [], "SB3": []}
+    for seed in range(args.seeds):
+        order = [("SB3", lambda s=seed: dqn.cartpole_sb3(s, steps, args.episodes)),
+                 ("llmrl", lambda s=seed: dqn.cartpole_llmrl(s, steps, args.episodes, False))]  # fmt: skip
+        for lib, fn in order if seed % 2 == 0 else order[::-1]:  # alternate against drifting load
+            runs[lib].append(fn())
+    out = []
+    base = sum(r["wall"] for r in runs["SB3"])
+    for lib, rs in runs.items():
+        solved = sum(r["mean"] >= 475 for r in rs)
+        ev = ", ".join(f"{r['mean']:.0f}" for r in rs)
+        out.append(row("dqn-cartpole-1env (RL-Zoo config)", lib, f"1 env, {steps:,} steps", len(rs),
+                       np.mean([steps / r["wall"] for r in rs]), base / sum(r["wall"] for r in rs),
+                       f"seeds: {ev}", f"{solved}/{len(rs)} seeds ≥ 475"))  # fmt: skip
+    return out
+
+
+@case("dqn-breakout-8env")
+def dqn_breakout_8env(args):
+    """Breakout, 8 envs, RL-Zoo's Atari DQN settings scaled down (buffer 20k, learning_starts 2k), steps/s."""
+    import rl_core_dqn as dqn
+
+    steps = 4_000 if args.quick else 20_000
+    ours, sb3 = dqn.breakout_llmrl(0, steps), dqn.breakout_sb3(0, steps)
+    return [row("dqn-breakout-8env", lib, f"8 envs, {steps:,} steps", 1, steps / r["wall"], sb3["wall"] / r["wall"],
+                "", "speed only") for lib, r in (("llmrl", ours), ("SB3", sb3))]  # fmt: skip
 
 
 def main() -> None:

@@ -120,6 +120,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 seed, short runs (timing only)")
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--first-seed", type=int, default=0, help="run seeds first-seed .. first-seed+seeds-1")
     parser.add_argument("--steps", type=int, default=50_000)
     parser.add_argument("--eval-episodes", type=int, default=100)
     parser.add_argument("--breakout-steps", type=int, default=20_000)
@@ -142,7 +143,7 @@ def main() -> None:
         print("| seed | library | wall steps/s | CPU steps/s | eval mean ± std | ≥ 475 |")
         print("|---:|---|---:|---:|---:|:-:|")
         runs: dict[str, list[dict[str, float]]] = {"sb3": [], "llmrl": [], "llmrl-double": []}
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             todo = [("sb3", lambda s=seed: cartpole_sb3(s, args.steps, args.eval_episodes)),
                     ("llmrl", lambda s=seed: cartpole_llmrl(s, args.steps, args.eval_episodes, False))]  # fmt: skip
             if args.double:
