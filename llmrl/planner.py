@@ -24,7 +24,7 @@ import numpy as np
 
 from llmrl.errors import ConfigError, optional_import
 from llmrl.roles.base import RoleWrapper
-from llmrl.roles.goals import ELLMGoals
+from llmrl.roles.goals import ELLMGoals, minigrid_summary
 from llmrl.roles.oracles import MiniGridSubgoals
 
 __all__ = [
@@ -44,8 +44,12 @@ DOORKEY_PPO: dict[str, Any] = dict(
 )
 """PPO settings for MiniGrid DoorKey with 8 envs (close to rl-starter-files' PPO for MiniGrid)."""
 
-ELLM_DEFAULTS: dict[str, Any] = dict(k=3, threshold=0.6, scale=0.2, refresh="event")
-"""ELLMGoals settings used by `compare` for both "ellm" and "oracle" (override with `ellm=`)."""
+ELLM_DEFAULTS: dict[str, Any] = dict(
+    k=3, threshold=0.6, scale=0.2, refresh="event", calibrate=True, text_filter=minigrid_summary
+)
+"""ELLMGoals settings used by `compare` for both "ellm" and "oracle" (override with `ellm=`); the
+env's manual is passed too. Chosen on fixed DoorKey states (benchmarks/planner.py, ranking table):
+mission + inventory + manual, calibrated, puts the oracle's sub-goal in the top 2 in every phase."""
 
 METHODS = ("baseline", "ellm", "oracle")
 
@@ -175,7 +179,9 @@ def run_one(
             from llmrl.llm import load
 
             llm = load(llm or "embedded")
-        kwargs = {**ELLM_DEFAULTS, **(ellm or {})}
+        from llmrl.envs import manual
+
+        kwargs = {**ELLM_DEFAULTS, "manual": manual(env_id), **(ellm or {})}
         role = env = ELLMGoals(log, llm, suggest="rank" if method == "ellm" else "oracle", **kwargs)
     agent = PPO(env, seed=seed, **{**DOORKEY_PPO, **(ppo or {})})
 

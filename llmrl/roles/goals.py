@@ -37,6 +37,7 @@ __all__ = [
     "ELLMGoals",
     "GoalSuggester",
     "vocabulary_candidates",
+    "minigrid_summary",
     "parse_goal_list",
     "EmbeddingCache",
     "Skill",
@@ -85,11 +86,25 @@ def vocabulary_candidates(text: str) -> list[str]:
     return out
 
 
+def minigrid_summary(text: str) -> str:
+    """Keep only the mission and what the agent carries from a MiniGrid state text.
+
+    Positions make almost every state's text unique; the mission and the inventory (what ELLM's
+    Crafter captions also hold) are what decides the next sub-goal, and they repeat, so the LLM is
+    asked a handful of distinct prompts per task instead of one per episode.
+
+    >>> minigrid_summary("Mission: open the door. You see a yellow key 1 step left. You carry nothing.")
+    'Mission: open the door. You carry nothing.'
+    """
+    keep = [s for s in re.split(r"(?<=\.)\s+", text.strip()) if s.startswith(("Mission", "You carry"))]
+    return " ".join(keep) if keep else text
+
+
 def parse_goal_list(completion: str, k: int | None = None) -> list[str]:
     """A generated list ("- a\\n- b", "1. a 2. b", "a; b") -> goal strings, cleaned and deduplicated.
 
     >>> parse_goal_list(" pick up the key\\n- open the door.\\n3) Go to the goal\\n\\n")
-    ['pick up the key', 'open the door', 'reach the goal']
+    ['pick up the key', 'open the door', 'go to the goal']
     """
     parts = re.split(r"\n|;|(?:^|\s)(?:\d+[.)]|-|\*)\s", completion)
     out: list[str] = []
@@ -224,6 +239,9 @@ class ELLMGoals(RoleWrapper):
             a 1-D Box gets it concatenated, a Dict gets a `"goal"` key, anything else becomes
             Dict(obs=..., goal=...).
         extrinsic: if False, the environment's reward is dropped (pure ELLM pre-training).
+        text_filter: applied to `info["text"]` before it enters the prompt (and the candidate
+            builder), e.g. `minigrid_summary` to keep the mission and inventory only: fewer
+            distinct prompts, so far fewer LLM calls.
     """
 
     def __init__(
@@ -243,6 +261,7 @@ class ELLMGoals(RoleWrapper):
         template: str | None = None,
         goal_in_obs: bool = False,
         extrinsic: bool = True,
+        text_filter: Callable[[str], str] | None = None,
         max_tokens: int = 40,
     ):
         if k < 1:
@@ -264,7 +283,7 @@ class ELLMGoals(RoleWrapper):
             )
         self.llm, self.k, self.suggest, self.threshold, self.scale = llm, k, suggest, threshold, scale
         self.reward_similarity, self.manual, self.refresh = reward_similarity, manual or "", refresh
-        self.goal_in_obs, self.extrinsic = goal_in_obs, extrinsic
+        self.goal_in_obs, self.extrinsic, self.text_filter = goal_in_obs, extrinsic, text_filter
         self.candidates = candidates if candidates is not None else vocabulary_candidates
         self.embeddings = EmbeddingCache(llm)
         self.suggester = GoalSuggester(
@@ -372,7 +391,7 @@ class ELLMGoals(RoleWrapper):
                         "ELLMGoals(suggest='oracle') needs info['oracle_goals']; wrap each env in "
                         "llmrl.roles.oracles.MiniGridSubgoals (or a wrapper of your own that sets it)."
                     )
-                self._goals[i] = goals[: self.k]
+                self._goals[i] = self._novel(goals, i)[: self.k]
                 continue
             if "text" not in info:
                 raise ConfigError(
@@ -380,6 +399,7 @@ class ELLMGoals(RoleWrapper):
                     "llmrl.envs.WithText before ELLMGoals."
                 )
             text = str(info["text"])
+            text = self.text_filter(text) if self.text_filter else text
             if self.refresh == "event":
                 changed = bool(starts[i] or captions[i] or self._context[i] is None)
                 ctx = self.suggester.prompt(text, self._done[i], self.manual) if changed else self._context[i]
@@ -398,9 +418,9 @@ class ELLMGoals(RoleWrapper):
         else:
             lists = []
             for i, p in zip(need, prompts):
-                cands = (
-                    self.candidates(str(infos[i]["text"])) if callable(self.candidates) else self.candidates
-                )
+                text = str(infos[i]["text"])
+                text = self.text_filter(text) if self.text_filter else text
+                cands = self.candidates(text) if callable(self.candidates) else self.candidates
                 lists.append([c for c, _ in self.suggester.rank(p, list(cands))])  # type: ignore[arg-type]
         for i, goals in zip(need, lists):
             self._goals[i] = self._novel(goals, i)[: self.k]
@@ -563,7 +583,14 @@ class SayCan:
         """The next skill for this state: argmax of p_LLM x affordance."""
         instruction = self.instruction or str(info.get("mission") or info.get("text") or "")
         p = self.llm_probs(instruction, self.done_skills)
-        aff = np.array([float(s.affordance(obs, info)) if self.use_affordance else 1.0 for s in self.skills])
+        # A skill whose end test already holds has nothing left to do: affordance 0 (else a
+        # "go to the door" while facing it would be picked, end at once, and be picked again).
+        aff = np.array(
+            [
+                0.0 if s.done(obs, info) else float(s.affordance(obs, info)) if self.use_affordance else 1.0
+                for s in self.skills
+            ]
+        )
         combined = p * aff
         self.choices.append(
             {

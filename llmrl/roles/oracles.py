@@ -8,13 +8,21 @@ without training a policy per skill. The LLM roles themselves never look inside 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 import gymnasium as gym
 
 from llmrl.roles.goals import Skill
 
-__all__ = ["doorkey_subgoal", "MiniGridSubgoals", "minigrid_skills", "find_object", "plan_action"]
+__all__ = [
+    "doorkey_subgoal",
+    "doorkey_walkthrough",
+    "MiniGridSubgoals",
+    "minigrid_skills",
+    "find_object",
+    "plan_action",
+]
 
 # MiniGrid's actions and direction vectors (minigrid.core.constants.DIR_TO_VEC: 0 = east, then clockwise).
 LEFT, RIGHT, FORWARD, PICKUP, DROP, TOGGLE = 0, 1, 2, 3, 4, 5
@@ -177,6 +185,35 @@ def minigrid_skills(env: gym.Env, *, distractors: bool = True) -> list[Skill]:
             ),
         ]
     return skills
+
+
+def doorkey_walkthrough(env: gym.Env, seeds: Sequence[int]) -> list[dict[str, Any]]:
+    """Solve DoorKey with the scripted skills from each seed and keep the info at the start of every
+    phase (reset, key picked up, door opened): a fixed set of states for judging suggestions.
+
+    `env` must set `info["oracle_goals"]` (MiniGridSubgoals inside it); wrap it in ELLMGoals to get
+    its suggestions in `info["goals"]`. Returns dicts with seed, phase (0, 1, 2), text, goals, oracle.
+    """
+    skills = {s.name: s for s in minigrid_skills(env, distractors=False)}
+    out: list[dict[str, Any]] = []
+    for seed in seeds:
+        obs, info = env.reset(seed=int(seed))
+        for phase, name in enumerate(("pick up the key", "open the door", "reach the goal")):
+            out.append(
+                {
+                    "seed": int(seed),
+                    "phase": phase,
+                    "text": info.get("text", ""),
+                    "goals": list(info.get("goals", [])),
+                    "oracle": info["oracle_goals"][0],
+                }
+            )
+            skill = skills[name]
+            for _ in range(skill.max_steps):
+                obs, _, term, trunc, info = env.step(skill.policy(obs, info))
+                if skill.done(obs, info) or term or trunc:
+                    break
+    return out
 
 
 def _facing(u: Any, pos: tuple[int, int] | None) -> bool:
