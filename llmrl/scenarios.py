@@ -104,13 +104,13 @@ def scenario_env(
         raise ConfigError(f"unknown seed scenario {name!r}; choose one of {sorted(SEED_SCENARIOS)}")
     sc = SEED_SCENARIOS[name]
     source = source or ("image" if "images" in getattr(llm, "capabilities", ()) else "text")
-    env = make(sc.env_id, render_mode="rgb_array", **sc.env_kwargs)
+    env: Any = make(sc.env_id, render_mode="rgb_array", **sc.env_kwargs)  # one env: a gymnasium.Env
     if source == "text":
         env = WithText(env)
     if sc.image_obs:
         env = ImageObservation(env, size=84, grey=True)
-    env = LLMFeatures(env, llm, prompt=prompt or sc.prompt, source=source, every=sc.every)  # type: ignore[arg-type]
-    return env, sc, source
+    features = LLMFeatures(env, llm, prompt=prompt or sc.prompt, source=source, every=sc.every)  # type: ignore[arg-type]
+    return features, sc, source
 
 
 def seed_scenario(
@@ -151,6 +151,7 @@ def seed_scenario(
         raise ConfigError(f"unknown seed scenario {name!r}; choose one of {sorted(SEED_SCENARIOS)}")
     if isinstance(llm, str):
         llm = llmrl.llm.load(llm, cache=cache if cache is not False else None, **(llm_kwargs or {}))
+    env: Any
     env, sc, source = scenario_env(name, llm, source=source, prompt=prompt)
     steps = total_timesteps if total_timesteps is not None else sc.total_timesteps
     run = Path(run_dir) if run_dir is not None else Path("runs") / f"seed-{name}"

@@ -301,7 +301,7 @@ class LLMFeatures(RoleWrapper):
         space = (
             env.single_observation_space if isinstance(env, gym.vector.VectorEnv) else env.observation_space
         )
-        shape = space.shape if is_image_space(space) else (64, 64, 3)
+        shape = tuple(space.shape or ()) if is_image_space(space) else (64, 64, 3)
         return np.zeros(shape, dtype=np.uint8)
 
     # -- counters --------------------------------------------------------------------------------
