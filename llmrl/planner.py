@@ -59,7 +59,7 @@ class _FlatImage(gym.ObservationWrapper):
 
     def __init__(self, env: gym.Env):
         super().__init__(env)
-        shape = env.observation_space["image"].shape
+        shape = env.observation_space["image"].shape  # type: ignore[index]
         self.observation_space = gym.spaces.Box(0.0, 1.0, (int(np.prod(shape)),), np.float32)
 
     def observation(self, obs: dict) -> np.ndarray:

@@ -322,7 +322,7 @@ class ELLMGoals(RoleWrapper):
         return gym.spaces.Dict({"obs": space, "goal": goal})
 
     def _with_goal(self, obs: Any) -> Any:
-        inner = self.env.single_observation_space if self.is_vector else self.env.observation_space
+        inner = self.env.single_observation_space if self.is_vector else self.env.observation_space  # type: ignore[attr-defined]
         tops = [g[0] if g else "" for g in self._goals]
         emb = self.embeddings([t for t in tops if t])
         vecs = np.zeros((self.num_envs, self._goal_dim), dtype=np.float32)  # (n, d); zeros = no goal
@@ -626,7 +626,8 @@ class SayCan:
             action = self.act(obs, info)
             if self._steps_in_skill == 1:  # a skill was (re)chosen this step
                 plan.append(self.current_skill or "")
-            obs, reward, terminated, truncated, info = env.step(action)
+            obs, r, terminated, truncated, info = env.step(action)
+            reward = float(r)
             total += float(reward)
             if terminated or truncated:
                 break

@@ -112,7 +112,7 @@ def minigrid_skills(env: gym.Env, *, distractors: bool = True) -> list[Skill]:
     "pick up the key", "open the door", "reach the goal" (and, with `distractors`, "drop the key"
     and "go to the door", feasible but useless: the LLM part has to rule them out).
     """
-    u = env.unwrapped
+    u: Any = env.unwrapped
 
     def front() -> Any:
         x, y = u.front_pos
