@@ -190,7 +190,7 @@ class ActorCritic(nn.Module):
         if self.pair is None:
             torch.autograd.backward((out, value), (grad_out, grad_value))
             return
-        g = torch.zeros(2, *out.shape[:1], max(self.pair.out_dims))  # (2, B, n_out)
+        g = out.new_zeros(2, out.shape[0], max(self.pair.out_dims))  # (2, B, n_out)
         g[0, :, : self.n_out] = grad_out
         g[1, :, 0] = grad_value
         self.pair.backward(g)
