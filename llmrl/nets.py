@@ -134,7 +134,8 @@ class StackedMLP(nn.Module):
         width = max(self.out_dims)
         weights, biases = [], []
         for layer in range(len(hidden) + 1):
-            linears = [net[2 * layer] for net in nets]  # (Linear, activation) pairs; the last Linear alone
+            # (Linear, activation) pairs, the last Linear alone
+            linears: list[nn.Linear] = [net[2 * layer] for net in nets]  # type: ignore[misc]
             out = linears[0].out_features if layer < len(hidden) else width
             w = torch.zeros(len(nets), linears[0].in_features, out)
             b = torch.zeros(len(nets), 1, out)

@@ -163,7 +163,8 @@ class ActorCritic(nn.Module):
             h = self.trunk(obs)
             return self.actor(h), self.critic(h).squeeze(-1)
         if self.pair is not None:
-            o = self.pair(obs.flatten(1).float())  # type: ignore[union-attr]  (2, B, n_out)
+            o = self.pair(obs.flatten(1).float())  # type: ignore[union-attr]
+            # o: (2, B, n_out), the actor's logits/mean in o[0], the critic's value in o[1, :, 0]
             return o[0, :, : self.n_out], o[1, :, 0]
         return self.actor(obs), self.critic(obs).squeeze(-1)
 
@@ -291,7 +292,7 @@ def ppo_loss_and_grads(model: ActorCritic, out: torch.Tensor, value: torch.Tenso
         logp = (logp_all * onehot).sum(1)
         dlogp_dout = onehot - p  # d log softmax(out)[a] / d out
     else:
-        log_std = model.log_std.detach()  # type: ignore[union-attr]  (d,)
+        log_std = model.log_std.detach()  # type: ignore[union-attr]
         inv_std = torch.exp(-log_std)
         z = (actions - out) * inv_std  # (B, d)
         logp = (-0.5 * z.pow(2) - log_std - 0.5 * _LOG_2PI).sum(-1)
