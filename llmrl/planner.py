@@ -68,12 +68,12 @@ class _FlatImage(gym.ObservationWrapper):
 
 
 def doorkey_env(
-    env_id: str = "MiniGrid-DoorKey-6x6-v0", *, text: bool = True, oracle: bool = False
+    env_id: str = "MiniGrid-DoorKey-6x6-v0", *, text: bool = True, oracle: bool = False, **kwargs: Any
 ) -> gym.Env:
     """One MiniGrid env for PPO: flat (147,) observation; `info["text"]`/`["caption"]` with `text`;
-    `info["oracle_goals"]` with `oracle`."""
+    `info["oracle_goals"]` with `oracle`. `kwargs` go to `gym.make` (e.g. render_mode)."""
     optional_import("minigrid", "minigrid")  # registers the MiniGrid ids
-    env: gym.Env = gym.make(env_id)
+    env: gym.Env = gym.make(env_id, **kwargs)
     if text:
         from llmrl.envs import WithText
 

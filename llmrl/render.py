@@ -9,6 +9,7 @@ The panel lists every action with its value — Q-values for DQN, probabilities 
 
 from __future__ import annotations
 
+import enum as enum_module
 import math
 import os
 import sys
@@ -32,14 +33,19 @@ _BG, _FG, _HI, _BAR, _DIM = (24, 24, 32), (230, 230, 230), (255, 196, 0), (70, 1
 
 
 def action_names(env: gym.Env) -> list[str]:
-    """Names of the env's actions: `get_action_meanings()` when the env has it (ALE), else indices."""
+    """Names of the env's actions: `get_action_meanings()` (ALE, llmrl's Grid), MiniGrid's `actions`
+    enum, else indices."""
     space = env.action_space
     getter = getattr(env.unwrapped, "get_action_meanings", None)
+    enum = getattr(env.unwrapped, "actions", None)  # MiniGrid: IntEnum left, right, forward, pickup, ...
     if isinstance(space, spaces.Discrete):
+        names: list[str] = []
         if callable(getter):
-            names = list(getter())
-            if len(names) == int(space.n):
-                return [str(n) for n in names]
+            names = [str(n) for n in getter()]
+        elif isinstance(enum, type) and issubclass(enum, enum_module.Enum):
+            names = [m.name for m in sorted(enum, key=lambda m: m.value)]
+        if len(names) == int(space.n):
+            return names
         return [str(i) for i in range(int(space.n))]
     if isinstance(space, spaces.Box):
         return [f"a[{i}]" for i in range(int(np.prod(space.shape)))]

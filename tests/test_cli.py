@@ -133,3 +133,16 @@ def test_missing_extra_names_the_pip_command(capsys, monkeypatch):
     code, _, err = run_cli(capsys, "train", "--env", "MiniGrid-DoorKey-5x5-v0", "--steps", "10")
     assert code == 2
     assert "pip install 'llmrl[minigrid]'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_demo_on_a_tiny_budget(tmp_path, capsys, monkeypatch):
+    """The main job, end to end with the real embedded model, on a budget far too small to learn."""
+    monkeypatch.setenv("LLMRL_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "demo"
+    code, stdout, err = run_cli(capsys, "demo", "--steps", "1024", "--out", str(out))
+    assert code == 0, err
+    assert "| baseline |" in stdout and "| ellm |" in stdout
+    for name in ("success.png", "agent.gif", "episodes.csv", "summary.csv", "comparison.md", "config.yaml"):
+        assert (out / name).exists(), name
+    summary = (out / "summary.csv").read_text()
+    assert "llm/calls" in summary
