@@ -171,7 +171,10 @@ class GoalSuggester:
         """Requests for suggestions, answered by the LLM or by this object's memo."""
 
     def prompt(self, text: str, done: Sequence[str], manual: str = "") -> str:
+        """The prompt for a state; `done` (captions so far) is deduplicated in first-seen order, so
+        an agent that picks up and drops a key ten times does not make ten new prompts."""
         manual = manual.strip() + "\n" if manual else ""
+        done = list(dict.fromkeys(done))
         return self.template.format(
             manual=manual, text=text.strip(), done=", ".join(done) or "nothing", k=self.k
         )
