@@ -56,7 +56,7 @@ class TrainConfig:
     """Seed of the agent and the environments."""
     role: RoleName = "none"
     """How the LLM takes part: features (observation), ellm (goals), judge / manual-reward /
-    text-reward / vlm-reward / preference (rewards), or none."""
+    text-reward / preference (rewards), or none."""
     llm: str = "embedded"
     """LLM spec for the role: embedded, llamacpp:<path.gguf>, hf:<id or path>, openai:<model>."""
     role_args: dict[str, str] = field(default_factory=dict)
@@ -204,12 +204,25 @@ def _yaml_values(args: dict[str, str]) -> dict[str, Any]:
 
 def build_env(cfg: TrainConfig, *, num_envs: int | None = None, render_mode: str | None = None):
     """The environment of a run: `llmrl.make` plus the role wrapper (and its LLM) if any."""
+    import gymnasium as gym
+
     from llmrl.envs import make
 
     kwargs = _yaml_values(cfg.env_args)
     if render_mode:
         kwargs["render_mode"] = render_mode
-    env = make(cfg.env, num_envs=num_envs or cfg.num_envs, **kwargs)
+    n = num_envs or cfg.num_envs
+    if cfg.env.startswith(("MiniGrid-", "BabyAI-")):
+        # MiniGrid's observation holds a text mission and a 7x7 symbolic view: give agents the view as a
+        # flat vector (the state in words goes to info["text"] for the roles)
+        from llmrl.planner import doorkey_env
+
+        env = doorkey_env(cfg.env, text=True, **kwargs)
+        if n > 1:
+            env.close()
+            env = gym.vector.SyncVectorEnv([lambda: doorkey_env(cfg.env, text=True, **kwargs)] * n)
+    else:
+        env = make(cfg.env, num_envs=n, **kwargs)
     if cfg.role == "none":
         return env, None
     from llmrl import llm as llm_module

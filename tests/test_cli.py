@@ -119,6 +119,7 @@ def test_train_with_llm_features_and_gif_with_advice(tmp_path, capsys):
         (("train", "--ppo.gamma", "2"), "gamma=2.0"),
         (("trian",), "Did you mean 'train'"),
         (("eval", "/nonexistent/run"), "not a run folder"),
+        (("train", "--env", "llmrl/Grid-v0", "--role", "judge", "--steps", "10"), "needs objective"),
     ],
 )
 def test_bad_input_is_one_line_and_status_2(capsys, args, expected):

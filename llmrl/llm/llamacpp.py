@@ -13,6 +13,7 @@ prefix between calls, so a role that asks with the same instructions again skips
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import threading
 from collections.abc import Sequence
@@ -67,6 +68,29 @@ def _log_softmax_at(logits: np.ndarray, ids: Sequence[int] | np.ndarray) -> np.n
     return z[np.asarray(ids)] - (m + np.log(np.exp(z - m).sum()))
 
 
+_LOG = logging.getLogger("llmrl.llama_cpp")
+_LOG.addHandler(logging.NullHandler())  # a library does not print unless the user configures logging
+_log_callback = None  # kept alive: llama.cpp holds a raw pointer to it
+
+
+def _route_llama_logs(llama_cpp: Any) -> None:
+    """Send llama.cpp's log lines to Python logging (logger "llmrl.llama_cpp") instead of stderr.
+
+    llama.cpp prints benign notices at its error level (e.g. "using full-size SWA cache"), which would
+    otherwise clutter every command's output; configure logging to see them.
+    """
+    global _log_callback
+    if _log_callback is not None:
+        return
+
+    @llama_cpp.llama_log_callback
+    def callback(level: int, text: bytes, user_data: Any) -> None:
+        _LOG.log(logging.WARNING if level == 3 else logging.DEBUG, text.decode("utf-8", "replace").rstrip())
+
+    _log_callback = callback
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+
+
 class LlamaCppLLM(Backend):
     """A GGUF causal LM on llama.cpp: generate, score, features; embed through a sentence embedder.
 
@@ -93,7 +117,6 @@ class LlamaCppLLM(Backend):
         super().__init__()
         llama_cpp = _llama_cpp()
         from llama_cpp import _internals as internals
-        from llama_cpp._logger import set_verbose
 
         path = Path(path).expanduser()
         if not path.is_file():
@@ -105,7 +128,7 @@ class LlamaCppLLM(Backend):
         self.seed = seed
         self.n_threads = n_threads or default_threads()
         self._lib = llama_cpp
-        set_verbose(False)
+        _route_llama_logs(llama_cpp)
         llama_cpp.llama_backend_init()
 
         mparams = llama_cpp.llama_model_default_params()

@@ -23,7 +23,7 @@ from gymnasium.vector.utils import batch_space, concatenate, create_empty_array,
 
 from llmrl.errors import ConfigError
 
-__all__ = ["RoleWrapper", "infos_to_list", "list_to_infos"]
+__all__ = ["RoleWrapper", "has_text", "with_text", "infos_to_list", "list_to_infos"]
 
 
 class RoleWrapper(gym.Wrapper):
@@ -136,6 +136,30 @@ class RoleWrapper(gym.Wrapper):
         if return_rewards:
             return out_obs, info, rewards
         return out_obs, info
+
+
+def has_text(env: gym.Env | gym.vector.VectorEnv) -> bool:
+    """True if some wrapper in the chain puts the state text into `info` (a `WithText`), or an env
+    declares `provides_text = True` (it writes `info["text"]` itself)."""
+    e: Any = env
+    while e is not None:
+        if type(e).__name__.endswith("WithText") or getattr(e, "provides_text", False):
+            return True
+        e = getattr(e, "env", None)
+    return False
+
+
+def with_text(env: Any) -> Any:
+    """`llmrl.envs.WithText(env)` if nothing in the chain provides `info["text"]` and the family has a
+    describer; else `env` unchanged (the first step then says which wrapper is missing)."""
+    if has_text(env):
+        return env
+    try:
+        from llmrl.envs import WithText
+
+        return WithText(env)
+    except (ImportError, ConfigError):  # no describer for this family: the user brings the text
+        return env
 
 
 @cache

@@ -32,7 +32,7 @@ from gymnasium import spaces
 
 from llmrl.errors import ConfigError
 from llmrl.llm.base import LLM, UnsupportedOperationError
-from llmrl.roles.base import RoleWrapper
+from llmrl.roles.base import RoleWrapper, has_text, with_text
 
 __all__ = [
     "LLMFeatures",
@@ -65,30 +65,6 @@ def is_image_space(space: gym.Space) -> bool:
         and len(space.shape) == 3
         and space.shape[-1] == 3
     )
-
-
-def has_text(env: gym.Env | gym.vector.VectorEnv) -> bool:
-    """True if some wrapper in the chain puts the state text into `info` (a `WithText`), or an env
-    declares `provides_text = True` (it writes `info["text"]` itself)."""
-    e: Any = env
-    while e is not None:
-        if type(e).__name__.endswith("WithText") or getattr(e, "provides_text", False):
-            return True
-        e = getattr(e, "env", None)
-    return False
-
-
-def _with_text(env: Any) -> Any:
-    """`llmrl.envs.WithText(env)` if nothing in the chain provides `info["text"]` and the family has a
-    describer; else `env` unchanged (the first step then says which wrapper is missing)."""
-    if has_text(env):
-        return env
-    try:
-        from llmrl.envs import WithText
-
-        return WithText(env)
-    except (ImportError, ConfigError):  # no describer for this family: the user brings the text
-        return env
 
 
 class LLMFeatures(RoleWrapper):
@@ -171,7 +147,7 @@ class LLMFeatures(RoleWrapper):
         self._counts = dict.fromkeys(("steps", "reused", "memo_hits", "calls", "cache_hits"), 0)
         self._seconds = 0.0
         if source == "text":
-            env = _with_text(env)
+            env = with_text(env)
         # The width is only known from the model: one probe pass (cached like any other).
         probe = self._model([self._input("")], [self._blank_image(env)] if source == "image" else None)
         self.dim = int(probe.shape[1])
