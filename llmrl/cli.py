@@ -335,7 +335,10 @@ def bench(cfg: BenchConfig) -> int:
     if not script.is_file():
         raise ConfigError(f"{script} not found: benchmarks run from a source checkout of llmrl (git clone)")
     args = [sys.executable, str(script)] + (["--quick"] if cfg.quick else [])
-    return subprocess.call(args, cwd=script.parent.parent)
+    code = subprocess.call(args, cwd=script.parent.parent)
+    if code != 0:
+        raise LLMRLError(f"benchmark {cfg.name} failed (exit status {code}); its output is above")
+    return code
 
 
 def demo(cfg: DemoConfig) -> Path:

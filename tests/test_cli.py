@@ -147,3 +147,10 @@ def test_demo_on_a_tiny_budget(tmp_path, capsys, monkeypatch):
         assert (out / name).exists(), name
     summary = (out / "summary.csv").read_text()
     assert "llm/calls" in summary
+
+
+def test_bench_runs_a_benchmark_script(capfd):
+    code = main(["bench", "envs_text", "--quick"])
+    out, err = capfd.readouterr()
+    assert code == 0, err
+    assert "| grid | llmrl/Grid-v0 |" in out and "distinct texts / steps" in out
