@@ -113,6 +113,7 @@ class StackedMLP(nn.Module):
     receiving no gradient, stay zero. `forward_saved` + `backward` are a hand-written backward pass:
     for the tiny networks of classic control an autograd graph costs several times the arithmetic.
     Activations: tanh or relu, whose backward needs only their outputs y (one fused op each).
+    `orthogonal=False` keeps PyTorch's default init (DQN's Q-network, as SB3's), same draws as `mlp`.
     """
 
     # (grad w.r.t. y, y) -> grad w.r.t. the activation's input: g * (1 - y^2) for tanh, g * (y > 0) for relu
@@ -122,7 +123,8 @@ class StackedMLP(nn.Module):
     }
 
     def __init__(self, in_dim: int, hidden: Sequence[int], out_dims: Sequence[int], *,
-                 activation: type[nn.Module] = nn.Tanh, out_gains: Sequence[float | None] | None = None):  # fmt: skip
+                 activation: type[nn.Module] = nn.Tanh, out_gains: Sequence[float | None] | None = None,
+                 orthogonal: bool = True):  # fmt: skip
         super().__init__()
         if activation not in self.BACKWARD:
             raise ConfigError(f"StackedMLP supports activations {list(self.BACKWARD)}, not {activation}.")
@@ -130,7 +132,8 @@ class StackedMLP(nn.Module):
         self.act = activation()
         self.act_backward = self.BACKWARD[activation]
         gains = out_gains or [None] * len(out_dims)
-        nets = [mlp(in_dim, hidden, k, activation=activation, out_gain=g) for k, g in zip(out_dims, gains)]
+        nets = [mlp(in_dim, hidden, k, activation=activation, out_gain=g, orthogonal=orthogonal)
+                for k, g in zip(out_dims, gains)]  # fmt: skip
         width = max(self.out_dims)
         weights, biases = [], []
         for layer in range(len(hidden) + 1):
@@ -174,10 +177,12 @@ class StackedMLP(nn.Module):
             w, b = self._layers[-1]
             return torch.baddbmm(b, h, w)
 
-    def backward(self, grad_out: torch.Tensor) -> None:
+    def backward(self, grad_out: torch.Tensor, *, input_grad: bool = False) -> torch.Tensor | None:
         """Write d loss / d parameters into each parameter's `.grad` (overwriting it), given
-        grad_out = d loss / d forward_saved(x), (K, B, max(out_dims))."""
+        grad_out = d loss / d forward_saved(x), (K, B, max(out_dims)). With `input_grad`, also return
+        d loss / d x (B, in), summed over the K nets (to continue backward into an encoder)."""
         g = grad_out
+        gx = None
         if self._layers[0][0].grad is None:
             for p in self.parameters():
                 p.grad = torch.zeros_like(p)
@@ -188,7 +193,10 @@ class StackedMLP(nn.Module):
                 torch.bmm(h_in.transpose(1, 2), g, out=w.grad)  # (K, in, out)
                 if i > 0:  # through the layer, then the activation that produced h_in
                     g = self.act_backward(torch.bmm(g, w.transpose(1, 2)), h_in)
+                elif input_grad:
+                    gx = torch.bmm(g, w.transpose(1, 2)).sum(0)  # (B, in)
         self._saved = []
+        return gx
 
 
 class NatureCNN(nn.Module):

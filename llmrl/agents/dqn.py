@@ -19,7 +19,6 @@ steps (transitions), ε decays linearly over `exploration_fraction` of `learn`'s
 from __future__ import annotations
 
 import copy
-import math
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,7 +33,7 @@ from torch import nn
 from llmrl.agents.base import Agent, check
 from llmrl.buffers import ReplayBatch, ReplayBuffer
 from llmrl.errors import ConfigError
-from llmrl.nets import Obs, build_encoder, has_image, mlp, obs_to_tensor, tree_map
+from llmrl.nets import Obs, StackedMLP, build_encoder, has_image, mlp, obs_to_tensor, tree_map
 
 __all__ = ["DQN", "DQNConfig", "QNetwork", "FlatAdam"]
 
@@ -142,6 +141,11 @@ class QNetwork(nn.Module):
 
     With a Dict of an image and an "llm" vector this is the seed's two-input Q-network: Atari conv
     features ++ LLM features -> Linear(512) -> ReLU -> Linear(actions).
+
+    Without the dueling head the MLP is a `StackedMLP` of one net, trained with its hand-written
+    backward (`forward_train` / `backward_train`): no autograd graph for the head — on CartPole's
+    [256, 256] net most of a gradient step's cost besides the matmuls. An encoder with weights (conv
+    stack) still runs on autograd, fed the head's input gradient.
     """
 
     def __init__(self, space: spaces.Space, n_actions: int, hidden: tuple[int, ...], dueling: bool = False):
@@ -149,21 +153,47 @@ class QNetwork(nn.Module):
         # PyTorch's default init (as SB3's DQN and the seed), not PPO's orthogonal init.
         self.encoder, dim = build_encoder(space, orthogonal=False)
         self.dueling = dueling
+        self.encoder_trains = any(p.requires_grad for p in self.encoder.parameters())
+        self._features: torch.Tensor | None = None  # encoder output kept by forward_train for autograd
         if dueling:
             self.trunk = mlp(dim, hidden, None, activation=_ReLU, orthogonal=False)
             self.value = nn.Linear(hidden[-1] if hidden else dim, 1)
             self.advantage = nn.Linear(hidden[-1] if hidden else dim, n_actions)
         else:
-            self.head = mlp(dim, hidden, n_actions, activation=_ReLU, orthogonal=False)
+            # same init draws as mlp(dim, hidden, n_actions, orthogonal=False); weights (1, in, out)
+            self.head = StackedMLP(dim, hidden, (n_actions,), activation=nn.ReLU, orthogonal=False)
+
+    @property
+    def hand_backward(self) -> bool:
+        """True if gradient steps can use `forward_train` + `backward_train` (no dueling head)."""
+        return not self.dueling
 
     def forward(self, obs: Obs) -> torch.Tensor:
         x = self.encoder(obs)  # (B, features)
         if not self.dueling:
-            return self.head(x)
+            return self.head.forward_one(x, 0)
         h = self.trunk(x)
         adv = self.advantage(h)  # (B, A)
         # Wang et al. 2016, eq. 9: subtract the mean advantage so V and A are identifiable.
         return self.value(h) + adv - adv.mean(dim=1, keepdim=True)
+
+    def forward_train(self, obs: Obs) -> torch.Tensor:
+        """Q-values (B, A) for a gradient step, keeping what `backward_train` needs (no head graph)."""
+        if self.encoder_trains:
+            self._features = self.encoder(obs)  # (B, features), with autograd through the conv stack
+            x = self._features.detach()
+        else:
+            with torch.no_grad():
+                x = self.encoder(obs)
+        return self.head.forward_saved(x)[0]
+
+    def backward_train(self, grad_q: torch.Tensor) -> None:
+        """Given dL/dQ (B, A) for the last `forward_train`, write the head's gradients into `.grad`
+        (overwriting) and accumulate the encoder's (zero them first)."""
+        gx = self.head.backward(grad_q[None], input_grad=self._features is not None)
+        if self._features is not None:
+            self._features.backward(gx)
+            self._features = None
 
 
 class DQN(Agent):
@@ -338,13 +368,27 @@ class DQN(Agent):
             data = self._batch_tensors(batch)  # each (k * B, ...)
             with torch.no_grad():
                 next_q_target = self.q_target(data["next_obs"])  # (k*B, A)
+                # The vanilla target needs no online net: the targets of the whole chunk in one pass.
+                targets = (
+                    None
+                    if cfg.double_q
+                    else self._td_target(data["next_obs"], data["returns"], data["discounts"], next_q_target)
+                )
+            qs, ys = [], []
             for j in range(k):
                 part = slice(j * cfg.batch_size, (j + 1) * cfg.batch_size)
-                loss, q_mean, td = self._update(data, part, next_q_target[part])
-                loss_sum += loss
-                q_sum += q_mean
+                q, y = self._update(
+                    data, part, next_q_target[part], None if targets is None else targets[part]
+                )
+                qs.append(q)
+                ys.append(y)
                 if cfg.prioritized:
+                    _, _, td = self._huber(q, y, data["actions"][part], data["weights"][part])
                     buf.update_priorities(batch.indices[part], td.cpu().numpy())
+            # losses for logging once per chunk: mean over k*B rows = (sum of the k per-step means) / k
+            loss, q_mean, _ = self._huber(torch.cat(qs), torch.cat(ys), data["actions"], data["weights"])
+            loss_sum += k * loss
+            q_sum += k * q_mean
             done += k
         self.n_updates += gradient_steps
         self._target_stale = True
@@ -352,7 +396,7 @@ class DQN(Agent):
 
     def _batch_tensors(self, batch: ReplayBatch) -> dict[str, Any]:
         dev = self.device
-        return {
+        data = {
             "obs": obs_to_tensor(batch.obs, self.observation_space, dev),
             "next_obs": obs_to_tensor(batch.next_obs, self.observation_space, dev),
             "actions": torch.as_tensor(batch.actions, dtype=torch.int64, device=dev),
@@ -360,6 +404,30 @@ class DQN(Agent):
             "discounts": torch.as_tensor(batch.discounts, device=dev),
             "weights": torch.as_tensor(batch.weights, device=dev),
         }
+        data["grad_mask"] = self._grad_mask(data["actions"], data["weights"], self.config.batch_size)
+        return data
+
+    def _grad_mask(self, actions: torch.Tensor, weights: torch.Tensor, batch: int) -> torch.Tensor:
+        """(N, A): w_i / batch at each row's taken action, 0 elsewhere — the Huber gradient's scale for
+        gradient steps of `batch` rows (`_update`); w_i = 1 without prioritized replay."""
+        mask = nn.functional.one_hot(actions, self.n_actions).to(weights.dtype)
+        if self.config.prioritized:
+            return mask.mul_(weights[:, None] / batch)
+        return mask.div_(batch)
+
+    def _huber(
+        self, q: torch.Tensor, y: torch.Tensor, actions: torch.Tensor, weights: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(Huber loss mean_i w_i h(Q[i, a_i] - y_i) (w_i = 1 without prioritized replay), mean Q[i, a_i],
+        |TD error| (N,)) for Q-values q (N, A) and targets y (N,); no gradients."""
+        with torch.no_grad():
+            q_taken = q.gather(1, actions[:, None]).squeeze(1)  # (N,)
+            diff = q_taken - y
+            abs_diff = diff.abs()
+            huber = torch.where(abs_diff < 1.0, 0.5 * diff * diff, abs_diff - 0.5)
+            if self.config.prioritized:
+                huber.mul_(weights)
+            return huber.mean(), q_taken.mean(), abs_diff
 
     @torch.no_grad()
     def _td_target(
@@ -378,38 +446,46 @@ class DQN(Agent):
         return returns + discounts * next_v
 
     def _update(
-        self, data: dict[str, Any], part: slice, next_q_target: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One gradient step on rows `part` of `data`; returns (loss, mean Q, |TD error| (B,))."""
+        self,
+        data: dict[str, Any],
+        part: slice,
+        next_q_target: torch.Tensor,
+        target: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One gradient step on rows `part` of `data` (`target`: the TD targets y of those rows if
+        already known, else computed from `next_q_target`); returns (Q-values (B, A), y (B,)), detached."""
         cfg = self.config
-        obs = tree_map(lambda x: x[part], data["obs"])
-        q = self.q_net(obs)  # (B, A)
-        q_taken = q.gather(1, data["actions"][part, None]).squeeze(1)  # (B,)
-        target = self._td_target(
-            tree_map(lambda x: x[part], data["next_obs"]),
-            data["returns"][part],
-            data["discounts"][part],
-            next_q_target,
+        if target is None:
+            target = self._td_target(
+                tree_map(lambda x: x[part], data["next_obs"]),
+                data["returns"][part],
+                data["discounts"][part],
+                next_q_target,
+            )
+        mask = data.get("grad_mask")
+        mask = (
+            self._grad_mask(data["actions"][part], data["weights"][part], len(data["actions"][part]))
+            if mask is None
+            else mask[part]
         )
-        # Huber loss (δ = 1) L = mean_i w_i h(q_i - y_i). Its gradient w.r.t. Q is written by hand,
-        # dL/dq_i = w_i clip(q_i - y_i, -1, 1) / B at the taken action, and fed to backward: the same
+        obs = tree_map(lambda x: x[part], data["obs"])
+        net = self.q_net
+        hand = isinstance(net, QNetwork) and net.hand_backward
+        q = net.forward_train(obs) if hand else net(obs)  # (B, A)
+        # Huber loss (δ = 1) L = mean_i w_i h(Q[i, a_i] - y_i). Its gradient w.r.t. Q is written by hand,
+        # dL/dQ[i, a] = [a = a_i] w_i clip(Q[i, a] - y_i, -1, 1) / B (mask = [a = a_i] w_i / B): the same
         # gradient as autograd through gather + smooth_l1 + mean, without those graph nodes.
         with torch.no_grad():
-            diff = q_taken.detach() - target  # (B,)
-            abs_diff = diff.abs()
-            huber = torch.where(abs_diff < 1.0, 0.5 * diff * diff, abs_diff - 0.5)
-            grad_taken = diff.clamp(-1.0, 1.0).div_(diff.shape[0])
-            if cfg.prioritized:
-                weights = data["weights"][part]
-                huber.mul_(weights)
-                grad_taken.mul_(weights)
-            grad_q = torch.zeros_like(q).scatter_(1, data["actions"][part, None], grad_taken[:, None])
-        self.optimizer.zero_grad()
-        q.backward(grad_q)
-        if cfg.max_grad_norm is not None:
-            self.optimizer.clip_grad_norm_(cfg.max_grad_norm)
-        self.optimizer.step()
-        return huber.mean(), q_taken.detach().mean(), abs_diff
+            grad_q = (q.detach() - target[:, None]).clamp_(-1.0, 1.0).mul_(mask)
+        if hand:
+            if net.encoder_trains:  # the head's backward overwrites its gradients, autograd accumulates
+                self.optimizer.zero_grad()
+            net.backward_train(grad_q)
+        else:
+            self.optimizer.zero_grad()
+            q.backward(grad_q)
+        self.optimizer.step(cfg.max_grad_norm)
+        return q.detach(), target
 
     # -- checkpoint state --------------------------------------------------------------------------
 
@@ -467,8 +543,10 @@ class FlatAdam:
     Each parameter becomes a view of one flat storage and its gradient a view of another (the module and
     its state_dict are unchanged), so zeroing, clipping the global norm and Adam's step are a handful
     of ops on one tensor instead of an optimizer loop over parameters — on a small Q-network most of
-    the cost of a gradient step. The update is torch.optim.Adam's reference (single-tensor) formula:
+    the cost of a gradient step. The update is torch.optim.Adam's, run by its fused CPU/GPU kernel
+    (`torch._fused_adam_`, what `Adam(fused=True)` calls) on the one flat tensor:
     m <- b1 m + (1-b1) g; v <- b2 v + (1-b2) g^2; p <- p - lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps).
+    Gradient-norm clipping is folded into the same kernel as its gradient divisor (`grad_scale`).
     """
 
     def __init__(
@@ -497,25 +575,31 @@ class FlatAdam:
         self.lr, self.betas, self.eps = lr, betas, eps
         self.exp_avg = torch.zeros_like(flat)
         self.exp_avg_sq = torch.zeros_like(flat)
-        self.steps = 0
+        self._step = torch.zeros((), dtype=torch.float32, device=flat.device)  # the kernel's step counter
+        self._divisor = torch.ones((), dtype=flat.dtype, device=flat.device)
+
+    @property
+    def steps(self) -> int:
+        """Adam steps taken (t in the bias corrections)."""
+        return int(self._step.item())
 
     def zero_grad(self) -> None:
         self.grad.zero_()
 
-    def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
-        """Scale the gradient to global norm <= max_norm (torch.nn.utils.clip_grad_norm_'s formula)."""
-        norm = torch.linalg.vector_norm(self.grad)
-        self.grad.mul_(torch.clamp(max_norm / (norm + 1e-6), max=1.0))
-        return norm
-
     @torch.no_grad()
-    def step(self) -> None:
+    def step(self, max_grad_norm: float | None = None) -> None:
+        """One Adam step on the current gradient, first clipped to global norm <= max_grad_norm if given:
+        torch.nn.utils.clip_grad_norm_ multiplies by min(1, max_norm / (norm + 1e-6)); the kernel divides by
+        the reciprocal, max(1, (norm + 1e-6) / max_norm)."""
+        divisor = None
+        if max_grad_norm is not None:
+            norm = torch.linalg.vector_norm(self.grad)
+            divisor = torch.clamp_min(norm.add_(1e-6).div_(max_grad_norm), 1.0, out=self._divisor)
         b1, b2 = self.betas
-        self.steps += 1
-        self.exp_avg.lerp_(self.grad, 1 - b1)
-        self.exp_avg_sq.mul_(b2).addcmul_(self.grad, self.grad, value=1 - b2)
-        denom = self.exp_avg_sq.sqrt().div_(math.sqrt(1 - b2**self.steps)).add_(self.eps)
-        self.flat.addcdiv_(self.exp_avg, denom, value=-self.lr / (1 - b1**self.steps))
+        self._step.add_(1)  # the kernel reads t; torch.optim.Adam increments it before the call too
+        torch._fused_adam_([self.flat], [self.grad], [self.exp_avg], [self.exp_avg_sq], [], [self._step],
+                           lr=self.lr, beta1=b1, beta2=b2, weight_decay=0.0, eps=self.eps, amsgrad=False,
+                           maximize=False, grad_scale=divisor)  # fmt: skip
 
     def state_dict(self) -> dict[str, Any]:
         return {"exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq, "steps": self.steps}
@@ -523,4 +607,4 @@ class FlatAdam:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.exp_avg.copy_(state["exp_avg"])
         self.exp_avg_sq.copy_(state["exp_avg_sq"])
-        self.steps = int(state["steps"])
+        self._step.fill_(int(state["steps"]))

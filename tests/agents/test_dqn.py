@@ -9,7 +9,7 @@ import torch
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 from torch import nn
 
-from llmrl.agents.dqn import DQN
+from llmrl.agents.dqn import DQN, FlatAdam, QNetwork
 from llmrl.errors import ConfigError
 
 torch.set_num_threads(1)
@@ -88,7 +88,8 @@ def test_double_dqn_target_and_huber_loss_hand_computed(double_q):
         "discounts": torch.tensor([1.0, 0.0]),
         "weights": torch.ones(2),
     }
-    loss, _, td = agent._update(data, slice(0, 2), agent.q_target(data["next_obs"]))
+    q, y = agent._update(data, slice(0, 2), agent.q_target(data["next_obs"]))
+    loss, _, td = agent._huber(q, y, data["actions"], data["weights"])
     y0 = 2.8 if double_q else 3.0
     d = np.array([1.0 - y0, 4.0 - 1.0])  # q - y
     huber = np.where(np.abs(d) <= 1, 0.5 * d**2, np.abs(d) - 0.5)
@@ -214,7 +215,47 @@ def test_update_gradient_equals_autograd_huber(prioritized):
     per_sample = nn.functional.smooth_l1_loss(q, y, reduction="none")
     loss = (data["weights"] * per_sample).mean() if prioritized else per_sample.mean()
     expected = torch.autograd.grad(loss, list(agent.q_net.parameters()))
-    got_loss, _, _ = agent._update(data, slice(0, 16), next_q_target)
+    q_got, y_got = agent._update(data, slice(0, 16), next_q_target)
+    got_loss, _, _ = agent._huber(q_got, y_got, data["actions"], data["weights"])
     assert got_loss.item() == pytest.approx(loss.item(), rel=1e-6)
+    # The default Q-network's head runs the hand-written backward (no autograd): same gradients.
+    assert isinstance(agent.q_net, QNetwork) and agent.q_net.hand_backward
     for e, p in zip(expected, agent.q_net.parameters()):
         torch.testing.assert_close(p.grad, e, rtol=1e-5, atol=1e-7)
+
+
+def test_hand_backward_with_conv_encoder_equals_autograd():
+    # Dict(image + vector): the conv encoder runs on autograd, fed the hand-written head's input gradient.
+    torch.manual_seed(0)
+    space = ToyEnv("dict").observation_space
+    net = QNetwork(space, 3, (16,))
+    assert net.encoder_trains and net.hand_backward
+    obs = {"image": torch.randint(0, 256, (5, 1, 36, 36), dtype=torch.uint8), "llm": torch.randn(5, 2)}
+    grad_q = torch.randn(5, 3)
+    expected = torch.autograd.grad(net(obs), list(net.parameters()), grad_q)
+    q = net.forward_train(obs)
+    torch.testing.assert_close(q, net(obs).detach())
+    net.backward_train(grad_q)  # no .grad yet: the head creates its own, autograd the encoder's
+    for e, p in zip(expected, net.parameters()):
+        torch.testing.assert_close(p.grad, e, rtol=1e-5, atol=1e-6)
+
+
+def test_flat_adam_equals_torch_adam_with_grad_clipping():
+    torch.manual_seed(0)
+    a = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3))
+    b = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3))
+    b.load_state_dict(a.state_dict())
+    flat, ref = FlatAdam(a, 1e-2), torch.optim.Adam(b.parameters(), lr=1e-2)
+    for i in range(6):
+        x = torch.randn(8, 5) * 10
+        flat.zero_grad()
+        a(x).pow(2).sum().backward()
+        flat.step(1.0 if i % 2 else None)  # odd steps: norm >> 1, clipped
+        ref.zero_grad()
+        b(x).pow(2).sum().backward()
+        if i % 2:
+            nn.utils.clip_grad_norm_(b.parameters(), 1.0)
+        ref.step()
+        for p, q in zip(a.parameters(), b.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+    assert flat.steps == 6
