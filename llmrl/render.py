@@ -10,6 +10,7 @@ The panel lists every action with its value — Q-values for DQN, probabilities 
 from __future__ import annotations
 
 import enum as enum_module
+import functools
 import math
 import os
 import sys
@@ -52,13 +53,29 @@ def action_names(env: gym.Env) -> list[str]:
     return [str(space)]
 
 
-def _font(size: int):
+def _font(size: int, text: str = ""):
+    """Pillow's default font; for text beyond Latin (the seed showed Japanese advice) the IPAex Gothic
+    font that the `matplotlib-fontja` package ships, when it is installed (`pip install 'llmrl[llm]'`)."""
     from PIL import ImageFont
 
+    if any(ord(c) > 0x2FF for c in text):
+        path = _cjk_font_path()
+        if path is not None:
+            return ImageFont.truetype(path, size)
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 has only the fixed bitmap font
         return ImageFont.load_default()
+
+
+@functools.cache
+def _cjk_font_path() -> str | None:
+    try:
+        import matplotlib_fontja  # noqa: F401
+    except ImportError:
+        return None
+    path = Path(matplotlib_fontja.__file__).parent / "fonts" / "ipaexg.ttf"
+    return str(path) if path.is_file() else None
 
 
 def compose_frame(
@@ -104,8 +121,10 @@ def compose_frame(
         y += 17
     if text:
         y += 6
-        for line in textwrap.wrap(text, width=34)[: max(0, (h - y) // 15)]:
-            draw.text((8, y), line, fill=_FG, font=small)
+        wide = sum(ord(c) > 0x2FF for c in text) > len(text) // 2  # CJK glyphs are about twice as wide
+        text_font = _font(12, text)
+        for line in textwrap.wrap(text, width=18 if wide else 34)[: max(0, (h - y) // 15)]:
+            draw.text((8, y), line, fill=_FG, font=text_font)
             y += 15
     return np.concatenate([frame, np.asarray(panel)], axis=1)
 

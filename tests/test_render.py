@@ -58,3 +58,14 @@ def test_action_names_use_env_meanings():
 
     assert action_names(Named()) == ["NOOP", "FIRE"]
     assert action_names(gym.make("CartPole-v1")) == ["0", "1"]
+
+
+def test_japanese_advice_uses_a_font_with_japanese_glyphs():
+    """The seed showed the advice in Japanese: Pillow's default font has no such glyphs."""
+    from llmrl.render import _font
+
+    pytest.importorskip("matplotlib_fontja")
+    assert _font(12, "猫は右へ").path.endswith("ipaexg.ttf")
+    assert not hasattr(_font(12, "move right"), "path") or not _font(12, "move right").path.endswith(
+        "ipaexg.ttf"
+    )
