@@ -480,7 +480,10 @@ class PPO(Agent):
             if not whole or epoch == 0:
                 # shuffle once per epoch; minibatches are then contiguous slices (views, no per-minibatch gathers)
                 perm = torch.randperm(n, device=self.device) if not whole else None
-                pick = (lambda x: x) if perm is None else (lambda x, perm=perm: x[perm])
+
+                def pick(x: torch.Tensor, perm: torch.Tensor | None = perm) -> torch.Tensor:
+                    return x if perm is None else x[perm]
+
                 e_obs = tree_map(pick, b_obs)
                 e_actions, e_logp, e_values, e_adv, e_returns = map(
                     pick, (b_actions, b_logp, b_values, b_adv, b_returns)
@@ -536,8 +539,9 @@ class PPO(Agent):
             return
         beta1, beta2 = group["betas"]
         state["step"].add_(1)
-        torch._fused_adam_([self.flat_params], [self.flat_params.grad], [state["exp_avg"]], [state["exp_avg_sq"]],
-                           [], [state["step"]], amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2,
+        grad: torch.Tensor = self.flat_params.grad  # type: ignore[assignment]
+        torch._fused_adam_([self.flat_params], [grad], [state["exp_avg"]], [state["exp_avg_sq"]], [], [state["step"]],
+                           amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2,
                            weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)  # fmt: skip
 
     # -- checkpoint state -------------------------------------------------------------------------------------
