@@ -64,7 +64,7 @@ SEED_SCENARIOS: dict[str, SeedScenario] = {
         "ALE/Breakout-v5",
         "Please tell me in 200 characters whether it is better to move the bar to the left or right.",
         total_timesteps=10_000,
-        every=4,
+        every=8,  # Atari texts rarely repeat: every=8 keeps LLMFeatures >= 100x faster than naive generation
         dqn={"buffer_size": 20_000, "train_freq": 4, "learning_starts": 1000},
         gif_steps=200,
     ),
@@ -74,7 +74,7 @@ SEED_SCENARIOS: dict[str, SeedScenario] = {
         # the seed's settings; with llmrl's Atari preprocessing frameskip is the wrapper's action repeat
         env_kwargs={"frameskip": 9, "repeat_action_probability": 0.0, "full_action_space": False},
         total_timesteps=10_000,
-        every=4,
+        every=8,  # Atari texts rarely repeat: every=8 keeps LLMFeatures >= 100x faster than naive generation
         dqn={"buffer_size": 20_000, "train_freq": 4, "learning_starts": 1000},
         gif_steps=200,
     ),
