@@ -217,7 +217,7 @@ def build_env(cfg: TrainConfig, *, num_envs: int | None = None, render_mode: str
         # flat vector (the state in words goes to info["text"] for the roles)
         from llmrl.planner import doorkey_env
 
-        env = doorkey_env(cfg.env, text=True, **kwargs)
+        env: Any = doorkey_env(cfg.env, text=True, **kwargs)
         if n > 1:
             env.close()
             env = gym.vector.SyncVectorEnv([lambda: doorkey_env(cfg.env, text=True, **kwargs)] * n)
@@ -278,12 +278,14 @@ def train(cfg: TrainConfig) -> Path:
     run.mkdir(parents=True, exist_ok=True)
     (run / "config.yaml").write_text(yaml.safe_dump(_config_data(cfg), sort_keys=False))
 
-    def save_every(agent, metrics):  # noqa: ARG001 - the callback signature
-        if cfg.checkpoint_every and agent.num_timesteps // cfg.checkpoint_every != save_every.last:
-            save_every.last = agent.num_timesteps // cfg.checkpoint_every
+    saved_at = [agent.num_timesteps // cfg.checkpoint_every if cfg.checkpoint_every else 0]
+
+    def save_every(agent: Any, metrics: dict) -> None:
+        """Checkpoint each time another `checkpoint_every` steps have passed."""
+        if cfg.checkpoint_every and agent.num_timesteps // cfg.checkpoint_every != saved_at[0]:
+            saved_at[0] = agent.num_timesteps // cfg.checkpoint_every
             agent.save(checkpoint)
 
-    save_every.last = 0
     print(f"training {cfg.algo.upper()} on {cfg.env} ({cfg.num_envs} envs, role={cfg.role}) -> {run}")
     agent.learn(cfg.steps, progress_bar=cfg.progress, callback=save_every, run_dir=run)
     agent.save(checkpoint)

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 from llmrl.errors import ConfigError
@@ -34,7 +35,7 @@ __all__ = [
     "make_role",
 ]
 
-ROLES: dict[str, type[RoleWrapper]] = {
+ROLES: dict[str, Callable[..., RoleWrapper]] = {
     "features": LLMFeatures,
     "ellm": ELLMGoals,
     "judge": JudgeReward,
@@ -51,7 +52,7 @@ def make_role(name: str, env: Any, llm: Any, **kwargs: Any) -> RoleWrapper:
     (`llmrl.envs.WithText`) is added first when nothing in the chain provides it."""
     if name not in ROLES:
         raise ConfigError(f"unknown role {name!r}; choose one of {', '.join(ROLES)}")
-    params = inspect.signature(ROLES[name].__init__).parameters
+    params = inspect.signature(ROLES[name].__init__).parameters  # type: ignore[misc]
     options = [p for p in params if p not in ("self", "env", "llm")]
     unknown = [k for k in kwargs if k not in options]
     if unknown and not any(p.kind is p.VAR_KEYWORD for p in params.values()):

@@ -38,10 +38,10 @@ class RoleWrapper(gym.Wrapper):
 
     def __new__(cls, env: Any, *args: Any, **kwargs: Any):
         if isinstance(env, VectorEnv) and not issubclass(cls, VectorWrapper):
-            return super().__new__(_vector_class(cls))
+            return super().__new__(_vector_class(cls))  # type: ignore[arg-type]
         return super().__new__(cls)
 
-    def __init__(self, env: gym.Env | VectorEnv):
+    def __init__(self, env: Any):
         self.is_vector = isinstance(env, VectorEnv)
         if self.is_vector:
             VectorWrapper.__init__(self, env)  # type: ignore[arg-type]
@@ -97,7 +97,7 @@ class RoleWrapper(gym.Wrapper):
 
     @property
     def num_envs(self) -> int:  # type: ignore[override]
-        return self.env.num_envs if self.is_vector else 1
+        return self.env.num_envs if self.is_vector else 1  # type: ignore[attr-defined]
 
     def reset(self, *, seed: Any = None, options: dict | None = None):
         obs, info = self.env.reset(seed=seed, options=options)
