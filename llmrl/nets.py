@@ -100,7 +100,8 @@ def mlp(
 def _init(layer: nn.Module, gain: float, orthogonal: bool) -> nn.Module:
     if orthogonal and isinstance(layer, (nn.Linear, nn.Conv2d)):
         nn.init.orthogonal_(layer.weight, gain)
-        nn.init.zeros_(layer.bias)
+        if layer.bias is not None:
+            nn.init.zeros_(layer.bias)
     return layer
 
 
@@ -262,7 +263,7 @@ class _DictEncoder(nn.Module):
 def build_encoder(space: gym.Space, *, orthogonal: bool = True) -> tuple[nn.Module, int]:
     """An encoder for one (unbatched) observation space and the width of its output features."""
     if is_image_space(space):
-        cnn = NatureCNN(space.shape, orthogonal=orthogonal)
+        cnn = NatureCNN(tuple(space.shape or ()), orthogonal=orthogonal)
         return cnn, cnn.out_dim
     if isinstance(space, spaces.Box):
         return _Flatten(), int(np.prod(space.shape))
@@ -315,22 +316,22 @@ def space_dtype(space: gym.Space) -> torch.dtype:
     return torch.float32
 
 
-def obs_to_tensor(obs: Any, space: gym.Space, device: torch.device | str = "cpu") -> Obs:
+def obs_to_tensor(obs: Any, space: gym.Space, device: torch.device | str = "cpu") -> Any:
     """Batched numpy observations (leading dim = batch) -> tensors in the dtype of `space_dtype`."""
     if isinstance(space, spaces.Dict):
         return {k: obs_to_tensor(obs[k], s, device) for k, s in space.spaces.items()}
     return torch.as_tensor(np.asarray(obs), dtype=space_dtype(space), device=device)
 
 
-def empty_obs_storage(space: gym.Space, lead: Sequence[int], device: torch.device | str = "cpu") -> Obs:
+def empty_obs_storage(space: gym.Space, lead: Sequence[int], device: torch.device | str = "cpu") -> Any:
     """Preallocated zeros of shape (*lead, *space.shape) for each leaf of `space`."""
     if isinstance(space, spaces.Dict):
         return {k: empty_obs_storage(s, lead, device) for k, s in space.spaces.items()}
-    shape = () if isinstance(space, spaces.Discrete) else tuple(space.shape)
+    shape = () if isinstance(space, spaces.Discrete) else tuple(space.shape or ())
     return torch.zeros((*lead, *shape), dtype=space_dtype(space), device=device)
 
 
-def tree_map(fn: Callable[[torch.Tensor], torch.Tensor], x: Obs) -> Obs:
+def tree_map(fn: Callable[[Any], Any], x: Any) -> Any:
     """Apply `fn` to a tensor or to each tensor of a dict (e.g. indexing a minibatch)."""
     if isinstance(x, dict):
         return {k: fn(v) for k, v in x.items()}

@@ -189,7 +189,7 @@ def save_gif(
     ):
         chosen = int(action) if action is not None and np.ndim(action) == 0 else None
         header = f"step {step}  return {ret:.1f}" if step >= 0 else f"end  return {ret:.1f}"
-        frames.append(compose_frame(env.render(), label, values, names, chosen, text, header))
+        frames.append(compose_frame(np.asarray(env.render()), label, values, names, chosen, text, header))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     images = [Image.fromarray(f) for f in frames]

@@ -116,9 +116,8 @@ class SingleEnvVector(VectorEnv):
         return out
 
     def reset(self, *, seed: int | list | None = None, options: dict | None = None):
-        if isinstance(seed, (list, tuple)):
-            seed = seed[0]
-        obs, info = self.env.reset(seed=seed, options=options)
+        first = seed[0] if isinstance(seed, (list, tuple)) else seed
+        obs, info = self.env.reset(seed=first, options=options)
         self._needs_reset = False
         return self._batch(obs), self._infos(info)
 
@@ -380,7 +379,7 @@ class Agent:
     def _is_single_leaf(x: Any, space: gym.Space) -> bool:
         if isinstance(space, spaces.Discrete):
             return np.ndim(x) == 0
-        return np.shape(x) == tuple(space.shape)
+        return np.shape(x) == tuple(space.shape or ())
 
     def _batched(self, obs: Any) -> tuple[Any, bool]:
         single = self._is_single(obs)

@@ -13,7 +13,9 @@ V(final observation) (Pardo et al. 2018, "Time Limits in Reinforcement Learning"
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -129,10 +131,15 @@ class ActorCritic(nn.Module):
                  body: nn.Module | None = None):  # fmt: skip
         super().__init__()
         self.discrete = isinstance(action_space, spaces.Discrete)
-        n_out = int(action_space.n) if self.discrete else int(np.prod(action_space.shape))
+        n_out = (
+            int(action_space.n)
+            if isinstance(action_space, spaces.Discrete)
+            else int(np.prod(action_space.shape or ()))
+        )
         self.n_out = n_out
         self.body = body
         self.pair: StackedMLP | None = None
+        self.trunk: nn.Module | None = None
         shared = cfg.shared_encoder if cfg.shared_encoder is not None else has_image(obs_space)
         act = _ACTIVATIONS[cfg.activation]
         if body is None and shared:
@@ -144,7 +151,6 @@ class ActorCritic(nn.Module):
             self.actor = mlp(hidden[-1], (), n_out, out_gain=0.01)
             self.critic = mlp(hidden[-1], (), 1, out_gain=1.0)
         elif body is None:
-            self.trunk = None
             if _stackable(obs_space, act):  # same init draws as the two build_network calls below
                 in_dim = int(np.prod(obs_space.shape))  # type: ignore[arg-type]
                 self.pair = StackedMLP(in_dim, cfg.net_arch or (64, 64), (n_out, 1), activation=act,
@@ -210,7 +216,7 @@ class ActorCritic(nn.Module):
         if self.discrete:
             logp_all = torch.log_softmax(out, dim=-1)  # (B, n)
             return -(logp_all.exp() * logp_all).sum(-1)
-        return (self.log_std + 0.5 + 0.5 * _LOG_2PI).sum(-1).expand(out.shape[0])  # type: ignore[operator]
+        return (self.log_std + 0.5 + 0.5 * _LOG_2PI).sum(-1).expand(out.shape[0])  # type: ignore[operator,union-attr]
 
     def sample(self, out: torch.Tensor, deterministic: bool) -> torch.Tensor:
         if self.discrete:
@@ -371,7 +377,9 @@ class PPO(Agent):
         """V(obs) for a flat batch (B, ...) in chunks (bounded memory for images) -> (B,)."""
         n = (obs if isinstance(obs, torch.Tensor) else next(iter(obs.values()))).shape[0]
         parts = [
-            self.model(tree_map(lambda x, i=i: x[i : i + chunk].to(self.device), obs))[1]
+            self.model(tree_map(functools.partial(_rows, start=i, stop=i + chunk, device=self.device), obs))[
+                1
+            ]
             for i in range(0, n, chunk)
         ]
         return torch.cat(parts)
@@ -402,7 +410,7 @@ class PPO(Agent):
                 if isinstance(obs_np, dict):
                     for k, arr in obs_np.items():
                         arr[t] = self._obs[k]
-                    obs_t = {k: v[t].to(self.device) for k, v in obs_buf.items()}
+                    obs_t: Obs = {k: v[t].to(self.device) for k, v in obs_buf.items()}
                 else:
                     obs_np[t] = self._obs
                     obs_t = obs_buf[t].to(self.device)
@@ -492,7 +500,7 @@ class PPO(Agent):
                     e_adv = _normalize_chunks(e_adv, bs)
             for start in range(0, n, bs):
                 sl = slice(start, start + bs)
-                out, v = model.forward_train(tree_map(lambda x, sl=sl: x[sl], e_obs))
+                out, v = model.forward_train(tree_map(operator.itemgetter(sl), e_obs))
                 step = ppo_loss_and_grads(model, out.detach(), v.detach(), e_actions[sl], e_logp[sl],
                                           e_values[sl], e_adv[sl], e_returns[sl], cfg)  # fmt: skip
                 if cfg.target_kl is not None and _approx_kl(step.log_ratio) > 1.5 * cfg.target_kl:
@@ -576,3 +584,7 @@ def _normalize_chunks(x: torch.Tensor, size: int) -> torch.Tensor:
         rest = (rest - rest.mean()) / (rest.std() + 1e-8)
     parts.append(rest)
     return torch.cat(parts)
+
+
+def _rows(x: torch.Tensor, *, start: int, stop: int, device: torch.device) -> torch.Tensor:
+    return x[start:stop].to(device)
