@@ -97,14 +97,14 @@ class OpenAILLM(Backend):
         if check:
             self._call(lambda: self.client.models.list())
 
-    def _call(self, fn: Callable[[], T]) -> T:
-        """Run one request with retries and exponential backoff on connection errors and 5xx/429."""
+    def _call(self, fn: Callable[..., T], /, **kwargs: Any) -> T:
+        """`fn(**kwargs)`: one request, with retries and exponential backoff on connection errors and 5xx/429."""
         o = self._openai
         transient = (o.APIConnectionError, o.APITimeoutError, o.RateLimitError, o.InternalServerError)
         wait = self.backoff
         for attempt in range(self.retries + 1):
             try:
-                return fn()
+                return fn(**kwargs)
             except transient as err:
                 if attempt == self.retries:
                     raise LLMUnavailableError(
@@ -139,24 +139,22 @@ class OpenAILLM(Backend):
                             {"type": "image_url", "image_url": {"url": _data_url(img)}},
                         ]
                     r = self._call(
-                        lambda c=content: self.client.chat.completions.create(
-                            model=self.model,
-                            messages=[{"role": "user", "content": c}],
-                            max_tokens=max_tokens,
-                            temperature=temperature,
-                            stop=stop_list,
-                        )
+                        self.client.chat.completions.create,
+                        model=self.model,
+                        messages=[{"role": "user", "content": content}],
+                        max_tokens=max_tokens,
+                        temperature=temperature,
+                        stop=stop_list,
                     )
                     out.append(r.choices[0].message.content or "")
                 else:
                     r = self._call(
-                        lambda p=prompt: self.client.completions.create(
-                            model=self.model,
-                            prompt=p,
-                            max_tokens=max_tokens,
-                            temperature=temperature,
-                            stop=stop_list,
-                        )
+                        self.client.completions.create,
+                        model=self.model,
+                        prompt=prompt,
+                        max_tokens=max_tokens,
+                        temperature=temperature,
+                        stop=stop_list,
                     )
                     out.append(r.choices[0].text)
                 if r.usage is not None:
@@ -175,10 +173,9 @@ class OpenAILLM(Backend):
                 text = prompt + cont
                 try:
                     r = self._call(
-                        lambda t=text: self.client.completions.create(
-                            model=self.model, prompt=t, max_tokens=1, echo=True, logprobs=1, temperature=0.0
-                        )
-                    )
+                        self.client.completions.create,
+                        model=self.model, prompt=text, max_tokens=1, echo=True, logprobs=1, temperature=0.0,
+                    )  # fmt: skip
                 except (self._openai.BadRequestError, self._openai.NotFoundError) as err:
                     raise UnsupportedOperationError(
                         f"{self.name}: the server refused log-prob scoring (completions with echo=True and "
