@@ -338,7 +338,8 @@ class DQN(Agent):
         return out
 
     def _update_target(self) -> None:
-        online, target = list(self.q_net.parameters()), list(self.q_target.parameters())
+        online: list[torch.Tensor] = list(self.q_net.parameters())
+        target: list[torch.Tensor] = list(self.q_target.parameters())
         with torch.no_grad():
             if self.config.tau >= 1.0:
                 if self._target_stale:
@@ -470,17 +471,17 @@ class DQN(Agent):
         )
         obs = tree_map(lambda x: x[part], data["obs"])
         net = self.q_net
-        hand = isinstance(net, QNetwork) and net.hand_backward
-        q = net.forward_train(obs) if hand else net(obs)  # (B, A)
+        hand = net if isinstance(net, QNetwork) and net.hand_backward else None
+        q = hand.forward_train(obs) if hand is not None else net(obs)  # (B, A)
         # Huber loss (δ = 1) L = mean_i w_i h(Q[i, a_i] - y_i). Its gradient w.r.t. Q is written by hand,
         # dL/dQ[i, a] = [a = a_i] w_i clip(Q[i, a] - y_i, -1, 1) / B (mask = [a = a_i] w_i / B): the same
         # gradient as autograd through gather + smooth_l1 + mean, without those graph nodes.
         with torch.no_grad():
             grad_q = (q.detach() - target[:, None]).clamp_(-1.0, 1.0).mul_(mask)
-        if hand:
-            if net.encoder_trains:  # the head's backward overwrites its gradients, autograd accumulates
+        if hand is not None:
+            if hand.encoder_trains:  # the head's backward overwrites its gradients, autograd accumulates
                 self.optimizer.zero_grad()
-            net.backward_train(grad_q)
+            hand.backward_train(grad_q)
         else:
             self.optimizer.zero_grad()
             q.backward(grad_q)
