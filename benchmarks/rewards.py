@@ -47,6 +47,7 @@ from llmrl.roles.rewards import (  # noqa: E402
     TextGoalReward,
     transcript,
 )
+from llmrl.testing import tiny_clip  # noqa: E402
 
 GRID, DOORKEY = "llmrl/Grid-v0", "MiniGrid-DoorKey-5x5-v0"
 OBJECTIVE = {
@@ -58,53 +59,6 @@ EXPECTED_SIGN = {
     "reaching the goal": 1, "falling into a puddle": -1, "bumping into a wall": -1, "picking up the key": 1,
     "opening the door": 1, "completing the mission": 1, "touching the lava": -1, "dropping the key": -1,
 }  # fmt: skip
-
-
-def tiny_clip(path: str) -> str:
-    """A random-weight CLIP (16-wide towers, 32x32 input) with a word-level tokenizer, saved to `path`."""
-    import transformers
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    words = ["[PAD]", "[UNK]", "<|startoftext|>", "<|endoftext|>"] + [
-        "a",
-        "the",
-        "cat",
-        "agent",
-        "is",
-        "at",
-        "on",
-        "green",
-        "goal",
-        "square",
-    ]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="[PAD]",
-        unk_token="[UNK]",
-        bos_token="<|startoftext|>",
-        eos_token="<|endoftext|>",
-    ).save_pretrained(path)
-    small = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
-    cfg = transformers.CLIPConfig(
-        text_config=dict(
-            vocab_size=len(words),
-            max_position_embeddings=16,
-            eos_token_id=3,
-            pad_token_id=0,
-            bos_token_id=2,
-            **small,
-        ),
-        vision_config=dict(image_size=32, patch_size=8, **small),
-        projection_dim=8,
-    )
-    torch.manual_seed(0)
-    transformers.CLIPModel(cfg).save_pretrained(path)
-    transformers.CLIPImageProcessor(
-        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
-    ).save_pretrained(path)
-    return path
 
 
 # -- part 1: cost -----------------------------------------------------------------------------------------

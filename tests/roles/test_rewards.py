@@ -537,42 +537,10 @@ def test_real_preference_reward_fits_and_rewards(embedded, tmp_path):
 
 
 def _tiny_clip(path):
-    """A random-weight CLIP (16-wide towers, 32x32 images) with a word-level tokenizer, saved to `path`."""
-    transformers = pytest.importorskip("transformers")
-    from tokenizers import Tokenizer, models, pre_tokenizers
+    pytest.importorskip("transformers")
+    from llmrl.testing import tiny_clip
 
-    words = ["[PAD]", "[UNK]", "<|startoftext|>", "<|endoftext|>", "a", "cat", "on", "the", "goal", "grid"]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="[PAD]",
-        unk_token="[UNK]",
-        bos_token="<|startoftext|>",
-        eos_token="<|endoftext|>",
-    )
-    small = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
-    cfg = transformers.CLIPConfig(
-        text_config=dict(
-            vocab_size=len(words),
-            max_position_embeddings=16,
-            eos_token_id=3,
-            pad_token_id=0,
-            bos_token_id=2,
-            **small,
-        ),
-        vision_config=dict(image_size=32, patch_size=8, **small),
-        projection_dim=8,
-    )
-    import torch
-
-    torch.manual_seed(0)
-    transformers.CLIPModel(cfg).save_pretrained(path)
-    fast.save_pretrained(path)
-    transformers.CLIPImageProcessor(
-        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
-    ).save_pretrained(path)
-    return str(path)
+    return tiny_clip(path)
 
 
 def test_tiny_clip_reward_scores_grid_frames_and_relabels(tmp_path):
