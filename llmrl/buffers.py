@@ -27,8 +27,10 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
 
 from llmrl.errors import CheckpointError, ConfigError
+from llmrl.nets import copy_obs_, stored_zeros
 
 __all__ = ["ReplayBuffer", "ReplayBatch", "SumTree", "space_arrays"]
 
@@ -171,8 +173,8 @@ class ReplayBuffer:
 
         T, N = self.slots, num_envs
         self._obs_spec = space_arrays(observation_space)
-        self.obs = {k: np.zeros((T, N, *s), dtype=d) for k, (s, d) in self._obs_spec.items()}
-        self.next_obs = None if optimize_memory else {k: np.zeros_like(v) for k, v in self.obs.items()}
+        self.obs = self._empty_obs()
+        self.next_obs = None if optimize_memory else self._empty_obs()
         (a_shape, a_dtype) = space_arrays(action_space)[""]
         self.actions = np.zeros((T, N, *a_shape), dtype=a_dtype)
         self.rewards = np.zeros((T, N), dtype=np.float32)
@@ -198,12 +200,21 @@ class ReplayBuffer:
         """Number of slots per env written so far."""
         return min(self.added, self.slots)
 
+    def _empty_obs(self) -> dict[str, np.ndarray]:
+        """(T, N, *shape) arrays per key; images laid out channels-last in memory, as the conv stack
+        reads them (see `llmrl.nets.empty_obs_storage`)."""
+        lead = (self.slots, self.num_envs)
+        return {
+            k: stored_zeros(lead, shape, torch.from_numpy(np.zeros(0, dtype)).dtype).numpy()
+            for k, (shape, dtype) in self._obs_spec.items()
+        }
+
     def _put(self, store: dict[str, np.ndarray], slot: int, obs: Any) -> None:
         if self.is_dict:
             for k, arr in store.items():
-                arr[slot] = obs[k]
+                copy_obs_(arr[slot], obs[k])
         else:
-            store[""][slot] = obs
+            copy_obs_(store[""][slot], obs)
 
     def _set_valid(self, slot: int, valid: np.ndarray) -> None:
         self.n_valid += int(valid.sum()) - int(self.valid[slot].sum())

@@ -43,9 +43,12 @@ __all__ = [
     "mlp",
     "StackedMLP",
     "NatureCNN",
+    "Flatten",
     "obs_to_tensor",
     "space_dtype",
     "empty_obs_storage",
+    "copy_obs_",
+    "stored_zeros",
     "tree_map",
     "has_image",
     "flatten_parameters",
@@ -217,7 +220,7 @@ class NatureCNN(nn.Module):
             )
         g = math.sqrt(2)
         self.conv = nn.Sequential(
-            _init(nn.Conv2d(c, 32, 8, stride=4), g, orthogonal), nn.ReLU(),
+            _init(_PixelConv2d(c, 32, 8, stride=4), g, orthogonal), nn.ReLU(),
             _init(nn.Conv2d(32, 64, 4, stride=2), g, orthogonal), nn.ReLU(),
             _init(nn.Conv2d(64, 64, 3, stride=1), g, orthogonal), nn.ReLU(),
             nn.Flatten(),
@@ -230,13 +233,26 @@ class NatureCNN(nn.Module):
             x = x.unsqueeze(1)
         elif not self.channels_first:
             x = x.permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W)
-        # channels-last memory (a no-op for HWC input): oneDNN's fast conv layout on CPU, ~1.5x faster
-        # training steps than NCHW for this stack; conversion on the uint8 input, before the float copy
+        # channels-last memory: oneDNN's fast conv layout on CPU, ~1.5x faster training steps than NCHW
+        # for this stack. A no-op for HWC input and for batches read from `empty_obs_storage`, which
+        # stores images channels-last; otherwise a transposing copy of the uint8 input (4x smaller than
+        # the float one). The 1/255 scaling happens in the first conv's weights (_PixelConv2d).
         x = x.contiguous(memory_format=torch.channels_last)
-        return self.conv(x.float() / 255.0)
+        return self.conv(x.float())
 
 
-class _Flatten(nn.Module):
+class _PixelConv2d(nn.Conv2d):
+    """A conv on raw pixel values 0..255 that acts as on pixels scaled to [0, 1]: W * (x / 255) is computed
+    as (W / 255) * x, so the (B, C, H, W) float batch is not divided element by element (a full pass over
+    the largest tensor of the step). Parameters and state-dict keys are those of nn.Conv2d."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.weight / 255.0, self.bias)
+
+
+class Flatten(nn.Module):
+    """The encoder of vector observations: (B, *shape) -> (B, prod(shape)) float32."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.flatten(1).float()
 
@@ -266,11 +282,11 @@ def build_encoder(space: gym.Space, *, orthogonal: bool = True) -> tuple[nn.Modu
         cnn = NatureCNN(tuple(space.shape or ()), orthogonal=orthogonal)
         return cnn, cnn.out_dim
     if isinstance(space, spaces.Box):
-        return _Flatten(), int(np.prod(space.shape))
+        return Flatten(), int(np.prod(space.shape))
     if isinstance(space, spaces.Discrete):
         return _OneHot(int(space.n), int(space.start)), int(space.n)
     if isinstance(space, spaces.MultiBinary):
-        return _Flatten(), int(np.prod(space.shape))
+        return Flatten(), int(np.prod(space.shape))
     if isinstance(space, spaces.Dict):
         encoders, total = {}, 0
         for key, sub in space.spaces.items():
@@ -324,11 +340,46 @@ def obs_to_tensor(obs: Any, space: gym.Space, device: torch.device | str = "cpu"
 
 
 def empty_obs_storage(space: gym.Space, lead: Sequence[int], device: torch.device | str = "cpu") -> Any:
-    """Preallocated zeros of shape (*lead, *space.shape) for each leaf of `space`."""
+    """Preallocated zeros of shape (*lead, *space.shape) for each leaf of `space`.
+
+    Channels-first images (C, H, W) keep that shape but are laid out channels-last in memory, the conv
+    stack's layout: a batch gathered from the storage (indexing keeps the strides) reaches `NatureCNN`
+    without a transposing copy, which costs about as much as the first conv's forward at batch 256. The
+    transposition happens once per stored step instead (`copy_obs_`), on a few frames.
+    """
     if isinstance(space, spaces.Dict):
         return {k: empty_obs_storage(s, lead, device) for k, s in space.spaces.items()}
     shape = () if isinstance(space, spaces.Discrete) else tuple(space.shape or ())
-    return torch.zeros((*lead, *shape), dtype=space_dtype(space), device=device)
+    return stored_zeros(lead, shape, space_dtype(space), device)
+
+
+def stored_zeros(
+    lead: Sequence[int], shape: Sequence[int], dtype: torch.dtype, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """Zeros of shape (*lead, *shape); a uint8 (C, H, W) image shape is laid out channels-last."""
+    if dtype == torch.uint8 and len(shape) == 3 and image_channels_first(shape):
+        c, h, w = shape
+        return torch.zeros((*lead, h, w, c), dtype=dtype, device=device).movedim(-1, len(lead))
+    return torch.zeros((*lead, *shape), dtype=dtype, device=device)
+
+
+def copy_obs_(dst: Any, src: Any) -> None:
+    """dst[...] = src for one step of observations (numpy, a dict of them for Dict spaces) into a slice of
+    `empty_obs_storage` (torch tensors or their numpy views). Channels-last image slices are copied by
+    torch, about 2x faster than numpy's strided assignment; everything else by plain numpy assignment,
+    the cheapest for the tiny vectors of classic control."""
+    if isinstance(dst, dict):
+        for k, d in dst.items():
+            copy_obs_(d, src[k])
+    elif isinstance(dst, torch.Tensor):
+        if dst.is_contiguous() and dst.device.type == "cpu":
+            dst.numpy()[...] = src
+        else:
+            dst.copy_(torch.from_numpy(np.asarray(src)))
+    elif dst.flags.c_contiguous:
+        dst[...] = src
+    else:
+        torch.from_numpy(dst).copy_(torch.from_numpy(np.asarray(src)))
 
 
 def tree_map(fn: Callable[[Any], Any], x: Any) -> Any:

@@ -107,6 +107,23 @@ def test_optimize_memory_matches_full_storage_and_keeps_uint8():
     np.testing.assert_array_equal(a.discounts, b.discounts)
 
 
+def test_channels_first_images_round_trip_through_storage_and_checkpoint():
+    space = gym.spaces.Box(0, 255, (4, 12, 12), np.uint8)
+    rng = np.random.default_rng(0)
+    buf = ReplayBuffer(space, ACT, 16, num_envs=2, seed=0)
+    frames = [rng.integers(0, 256, (2, 4, 12, 12), dtype=np.uint8) for _ in range(6)]
+    for a, b in zip(frames, frames[1:]):
+        buf.add(a, b, np.zeros(2, np.int64), np.zeros(2), np.zeros(2, bool), np.zeros(2, bool))
+    batch = buf.get_batch(np.arange(10))
+    np.testing.assert_array_equal(batch.obs, np.stack(frames[:5]).reshape(10, 4, 12, 12))
+    np.testing.assert_array_equal(batch.next_obs, np.stack(frames[1:]).reshape(10, 4, 12, 12))
+    arrays, meta = buf.state_dict()
+    assert arrays["obs/"].flags.c_contiguous  # saved in the logical (C, H, W) order
+    again = ReplayBuffer(space, ACT, 16, num_envs=2, seed=0)
+    again.load_state_dict(arrays, meta)
+    np.testing.assert_array_equal(again.get_batch(np.arange(10)).obs, batch.obs)
+
+
 def test_relabel_across_wraparound_and_episode_start():
     # 2 envs, 5 slots each. Env 1 runs one long episode; env 0 ends an episode at step 3.
     buf = ReplayBuffer(BOX1, ACT, 10, num_envs=2, optimize_memory=True)

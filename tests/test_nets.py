@@ -14,6 +14,8 @@ from llmrl.nets import (
     StackedMLP,
     build_encoder,
     build_network,
+    copy_obs_,
+    empty_obs_storage,
     flatten_parameters,
     image_channels_first,
     mlp,
@@ -36,6 +38,33 @@ def test_atari_conv_stack_shapes_and_layout_equivalence():
     assert [m.kernel_size for m in chw.conv if isinstance(m, nn.Conv2d)] == [(8, 8), (4, 4), (3, 3)]
     assert [m.stride for m in chw.conv if isinstance(m, nn.Conv2d)] == [(4, 4), (2, 2), (1, 1)]
     torch.testing.assert_close(chw(x), hwc(x.permute(0, 2, 3, 1)))
+
+
+def test_first_conv_scales_pixels_through_its_weights():
+    cnn = NatureCNN((4, 36, 36))
+    x = torch.randint(0, 256, (3, 4, 36, 36), dtype=torch.uint8)
+    conv1 = cnn.conv[0]
+    ref = torch.nn.functional.conv2d(x.float() / 255.0, conv1.weight, conv1.bias, stride=4)
+    torch.testing.assert_close(conv1(x.float()), ref, rtol=1e-5, atol=1e-6)
+    assert list(cnn.state_dict()) == ["conv.0.weight", "conv.0.bias", "conv.2.weight", "conv.2.bias",
+                                      "conv.4.weight", "conv.4.bias"]  # fmt: skip
+
+
+def test_image_storage_is_channels_last_so_batches_reach_the_convs_without_a_copy():
+    space = spaces.Dict({"image": spaces.Box(0, 255, (4, 36, 36), np.uint8), "vec": spaces.Box(-1, 1, (3,))})
+    store = empty_obs_storage(space, (5, 2))
+    assert store["image"].shape == (5, 2, 4, 36, 36) and store["vec"].shape == (5, 2, 3)
+    rng = np.random.default_rng(0)
+    steps = [{"image": rng.integers(0, 256, (2, 4, 36, 36), dtype=np.uint8), "vec": rng.random((2, 3))}
+             for _ in range(5)]  # fmt: skip
+    for t, obs in enumerate(steps):
+        copy_obs_({k: v[t] for k, v in store.items()}, obs)
+    np.testing.assert_array_equal(store["image"].numpy(), np.stack([o["image"] for o in steps]))
+    np.testing.assert_allclose(store["vec"].numpy(), np.stack([o["vec"] for o in steps]), rtol=1e-6)
+    batch = store["image"].reshape(10, 4, 36, 36)[torch.tensor([7, 0, 3])]
+    assert batch.is_contiguous(memory_format=torch.channels_last)
+    # the stored layout is already the conv layout: NatureCNN's `contiguous` returns the same memory
+    assert batch.contiguous(memory_format=torch.channels_last).data_ptr() == batch.data_ptr()
 
 
 def test_discrete_is_one_hot_and_box_is_flattened():

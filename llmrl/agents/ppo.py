@@ -30,6 +30,7 @@ from llmrl.nets import (
     StackedMLP,
     build_encoder,
     build_network,
+    copy_obs_,
     empty_obs_storage,
     flatten_parameters,
     has_image,
@@ -393,9 +394,7 @@ class PPO(Agent):
             for group in self.optimizer.param_groups:
                 group["lr"] = frac * cfg.learning_rate
 
-        # rollout storage; obs as torch tensors with numpy views of the same memory (fast per-step writes)
         obs_buf = empty_obs_storage(self.observation_space, (T, N))
-        obs_np = tree_map(lambda t: t.numpy(), obs_buf)
         rewards = np.zeros((T, N), dtype=np.float32)
         terminated = np.zeros((T, N), dtype=bool)
         truncated = np.zeros((T, N), dtype=bool)
@@ -407,13 +406,9 @@ class PPO(Agent):
 
         with torch.inference_mode():
             for t in range(T):
-                if isinstance(obs_np, dict):
-                    for k, arr in obs_np.items():
-                        arr[t] = self._obs[k]
-                    obs_t: Obs = {k: v[t].to(self.device) for k, v in obs_buf.items()}
-                else:
-                    obs_np[t] = self._obs
-                    obs_t = obs_buf[t].to(self.device)
+                stored = tree_map(operator.itemgetter(t), obs_buf)
+                copy_obs_(stored, self._obs)
+                obs_t: Obs = tree_map(lambda x: x.to(self.device), stored)
                 # separate actor and critic: only the actor runs per step; values come batched after the rollout
                 if model.separate:
                     out = model.policy_out(obs_t)

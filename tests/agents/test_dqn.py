@@ -259,3 +259,14 @@ def test_flat_adam_equals_torch_adam_with_grad_clipping():
         for p, q in zip(a.parameters(), b.parameters()):
             torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
     assert flat.steps == 6
+
+
+def test_direct_acting_gives_the_module_forward_values():
+    net = QNetwork(gym.spaces.Box(-1, 1, (2, 3), np.float32), 4, (16, 16))
+    assert (
+        net.direct_acting and not QNetwork(gym.spaces.Box(-1, 1, (3,)), 2, (8,), dueling=True).direct_acting
+    )
+    obs = np.random.default_rng(0).normal(size=(5, 2, 3))
+    with torch.no_grad():
+        expected = net(torch.as_tensor(obs, dtype=torch.float32)).numpy()
+    np.testing.assert_allclose(net.act_values(obs), expected, rtol=1e-6, atol=1e-6)
