@@ -153,6 +153,39 @@ def breakout_llmrl(seed: int, steps: int) -> dict[str, float]:
     return {"wall": wall, "cpu": cpu}
 
 
+def breakout_floor(steps: int) -> float:
+    """Steps/s llmrl's DQN would reach on the Breakout run if it did nothing but its network's arithmetic:
+    one acting forward per vector step (batch 8) and, every train_freq vector steps after learning_starts,
+    one gradient step (online forward + backward and target forward at batch_size); no env, no replay
+    buffer, no optimizer."""
+    from llmrl.nets import empty_obs_storage
+
+    agent = DQN(envs.make("ALE/Breakout-v5", num_envs=8), seed=0, double_q=False, **ATARI)
+    net, target, n = agent.q_net, agent.q_target, agent.num_envs
+    frames = empty_obs_storage(agent.observation_space, (ATARI["batch_size"],))
+    frames.copy_(torch.randint(0, 256, frames.shape, dtype=torch.uint8))
+    vector_steps = steps // n
+    updates = (steps - ATARI["learning_starts"]) // (n * ATARI["train_freq"])
+
+    def once(k: int) -> None:
+        with torch.no_grad():
+            for _ in range(k * ATARI["train_freq"]):
+                net(frames[:n])
+            for _ in range(k):
+                target(frames)
+        for _ in range(k):
+            net.forward_train(frames)
+            net.backward_train(torch.ones(len(frames), agent.n_actions))
+
+    once(2)  # warm-up
+    t0 = time.perf_counter()
+    once(50)
+    per_update = (time.perf_counter() - t0) / 50  # one gradient step + train_freq acting forwards
+    per_act = per_update / ATARI["train_freq"]  # an upper bound for acting alone: fine for a ceiling
+    total = updates * per_update + max(vector_steps - updates * ATARI["train_freq"], 0) * per_act
+    return steps / total
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 seed, short runs (timing only)")
@@ -225,6 +258,9 @@ def main() -> None:
         for name, r in (("sb3", sb3), ("llmrl", ours)):
             print(f"| {name} | {args.breakout_steps / r['wall']:.0f} | {args.breakout_steps / r['cpu']:.0f} | "
                   f"{sb3['wall'] / r['wall']:.2f}x | {sb3['cpu'] / r['cpu']:.2f}x |")  # fmt: skip
+        floor = breakout_floor(args.breakout_steps)
+        print(f"| llmrl network arithmetic alone (the ceiling) | {floor:.0f} | | "
+              f"{floor * sb3['wall'] / args.breakout_steps:.2f}x | |")  # fmt: skip
 
 
 if __name__ == "__main__":

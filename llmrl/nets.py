@@ -133,7 +133,10 @@ class StackedMLP(nn.Module):
         if activation not in self.BACKWARD:
             raise ConfigError(f"StackedMLP supports activations {list(self.BACKWARD)}, not {activation}.")
         self.out_dims = tuple(out_dims)
-        self.act = activation()
+        # the function, not a module: a module call costs more than the op on the tiny batches of acting
+        self._act_fn: Callable[[torch.Tensor], torch.Tensor] = (
+            torch.relu if activation is nn.ReLU else torch.tanh
+        )
         self.act_backward = self.BACKWARD[activation]
         gains = out_gains or [None] * len(out_dims)
         nets = [mlp(in_dim, hidden, k, activation=activation, out_gain=g, orthogonal=orthogonal)
@@ -158,7 +161,7 @@ class StackedMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x.expand(len(self.out_dims), *x.shape)  # (K, B, in): every net reads the same input
         for w, b in self._layers[:-1]:
-            h = self.act(torch.baddbmm(b, h, w))
+            h = self._act_fn(torch.baddbmm(b, h, w))
         w, b = self._layers[-1]
         return torch.baddbmm(b, h, w)
 
@@ -166,7 +169,7 @@ class StackedMLP(nn.Module):
         """Net k alone, (B, in) -> (B, out_dims[k]) (e.g. the actor during rollouts)."""
         h = x
         for w, b in self._layers[:-1]:
-            h = self.act(torch.addmm(b[k], h, w[k]))
+            h = self._act_fn(torch.addmm(b[k], h, w[k]))
         w, b = self._layers[-1]
         return torch.addmm(b[k, :, : self.out_dims[k]], h, w[k, :, : self.out_dims[k]])
 
@@ -176,7 +179,7 @@ class StackedMLP(nn.Module):
             h = x.expand(len(self.out_dims), *x.shape)
             self._saved = [h]
             for w, b in self._layers[:-1]:
-                h = self.act(torch.baddbmm(b, h, w))
+                h = self._act_fn(torch.baddbmm(b, h, w))
                 self._saved.append(h)
             w, b = self._layers[-1]
             return torch.baddbmm(b, h, w)

@@ -237,8 +237,10 @@ class DQN(Agent):
             else QNetwork(self.observation_space, self.n_actions, hidden, cfg.dueling)
         )
         self.q_net.to(self.device)
+        # the Q-network to act through `QNetwork.act_values`, when it applies
+        q = self.q_net
         self._direct_acting = (
-            isinstance(self.q_net, QNetwork) and self.q_net.direct_acting and self.device.type == "cpu"
+            q if isinstance(q, QNetwork) and q.direct_acting and self.device.type == "cpu" else None
         )
         self.q_target = copy.deepcopy(self.q_net)
         self.q_target.requires_grad_(False)
@@ -289,8 +291,8 @@ class DQN(Agent):
         explore = self.rng.random(n) < eps
         if explore.all():
             return random_actions + self._action_start
-        if self._direct_acting:
-            greedy = self.q_net.act_values(self._obs).argmax(axis=1)
+        if self._direct_acting is not None:
+            greedy = self._direct_acting.act_values(self._obs).argmax(axis=1)
         else:
             with torch.inference_mode():
                 greedy = self.q_net(self._to_tensor(self._obs)).argmax(dim=1).cpu().numpy()
