@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.util
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -176,6 +177,12 @@ def make(
     if not isinstance(num_envs, int) or isinstance(num_envs, bool) or num_envs < 1:
         raise ConfigError(f"num_envs must be an integer >= 1, got {num_envs!r}")
     spec = _resolve(env_id)
+    if kwargs.get("render_mode") == "rgb_array" and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    ):
+        # Off-screen frames on a machine without a display: SDL's dummy video driver, which pygame-drawn
+        # envs (classic control) need no more than that; without it SDL prints an XDG_RUNTIME_DIR error.
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     if num_envs == 1:
         return _make_single(spec, atari_preprocessing, kwargs)
     if spec.entry_point == _ATARI_ENTRY_POINT:

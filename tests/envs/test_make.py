@@ -75,3 +75,16 @@ def test_missing_extra_names_pip_command(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr("importlib.import_module", lambda name: fake_import(name))
     with pytest.raises(DependencyNotInstalled, match=r"pip install 'llmrl\[minigrid\]'"):
         make("MiniGrid-Empty-5x5-v0")
+
+
+def test_offscreen_frames_without_a_display_print_no_sdl_errors():
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "SDL_VIDEODRIVER")}
+    env.pop("XDG_RUNTIME_DIR", None)
+    code = "import llmrl; e = llmrl.make('CartPole-v1', render_mode='rgb_array'); e.reset(seed=0); print(e.render().shape)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "(400, 600, 3)", out.stderr
+    assert "XDG_RUNTIME_DIR" not in out.stderr + out.stdout
