@@ -239,7 +239,7 @@ class DQN(Agent):
         self.q_net.to(self.device)
         # the Q-network to act through `QNetwork.act_values`, when it applies
         q = self.q_net
-        self._direct_acting = (
+        self._direct_q_net = (
             q if isinstance(q, QNetwork) and q.direct_acting and self.device.type == "cpu" else None
         )
         self.q_target = copy.deepcopy(self.q_net)
@@ -291,8 +291,8 @@ class DQN(Agent):
         explore = self.rng.random(n) < eps
         if explore.all():
             return random_actions + self._action_start
-        if self._direct_acting is not None:
-            greedy = self._direct_acting.act_values(self._obs).argmax(axis=1)
+        if self._direct_q_net is not None:
+            greedy = self._direct_q_net.act_values(self._obs).argmax(axis=1)
         else:
             with torch.inference_mode():
                 greedy = self.q_net(self._to_tensor(self._obs)).argmax(dim=1).cpu().numpy()
