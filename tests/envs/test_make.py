@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -78,10 +82,6 @@ def test_missing_extra_names_pip_command(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_offscreen_frames_without_a_display_print_no_sdl_errors():
-    import os
-    import subprocess
-    import sys
-
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "SDL_VIDEODRIVER")}
     env.pop("XDG_RUNTIME_DIR", None)
     code = "import llmrl; e = llmrl.make('CartPole-v1', render_mode='rgb_array'); e.reset(seed=0); print(e.render().shape)"
