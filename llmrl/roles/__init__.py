@@ -17,6 +17,7 @@ from llmrl.roles.advice import Advisor
 from llmrl.roles.base import RoleWrapper, with_text
 from llmrl.roles.features import LLMFeatures
 from llmrl.roles.goals import ELLMGoals, SayCan, Skill
+from llmrl.roles.policy import GLAM_ACTIONS, LLMPolicy, TextIds
 from llmrl.roles.rewards import CLIPReward, JudgeReward, ManualReward, PreferenceReward, TextGoalReward
 
 __all__ = [
@@ -31,6 +32,9 @@ __all__ = [
     "TextGoalReward",
     "ManualReward",
     "PreferenceReward",
+    "LLMPolicy",
+    "TextIds",
+    "GLAM_ACTIONS",
     "ROLES",
     "make_role",
 ]
