@@ -82,12 +82,42 @@ class HFLLM(Backend):
         self.capabilities = frozenset(caps)
 
     @classmethod
-    def from_gguf(cls, path: str | Path | None = None, **kwargs: Any) -> HFLLM:
-        """The embedded Gemma 3 270M GGUF (or `path`) through transformers: slow to load, trainable."""
+    def from_gguf(cls, path: str | Path | None = None, *, cache: bool = True, **kwargs: Any) -> HFLLM:
+        """The embedded Gemma 3 270M GGUF (or `path`) through transformers: slow to load, trainable.
+
+        De-quantising (and converting the tokenizer) takes minutes on 2 cores; with `cache`, the result is
+        saved once as a plain transformers folder next to the GGUF (`<name>-hf/`) and loaded from there in
+        seconds afterwards.
+        """
         from llmrl.llm.llamacpp import embedded_gguf_path
 
         p = Path(path) if path is not None else embedded_gguf_path()
-        return cls(p.parent, gguf_file=p.name, name=f"hf:{p.stem}", **kwargs)
+        folder = p.with_name(f"{p.stem}-hf")
+        if cache and (folder / "model.safetensors").is_file():
+            return cls(folder, name=f"hf:{p.stem}", **kwargs)
+        llm = cls(p.parent, gguf_file=p.name, name=f"hf:{p.stem}", **kwargs)
+        if cache:
+            llm._save_dequantised(folder)
+        return llm
+
+    def _save_dequantised(self, folder: Path) -> None:
+        """Weights (float32, tied ones once), config without the GGUF quantisation, tokenizer; atomic."""
+        import shutil
+        import tempfile
+
+        from safetensors.torch import save_model
+
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+        try:
+            config = copy.deepcopy(self.module.config)
+            if hasattr(config, "quantization_config"):
+                del config.quantization_config
+            config.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            save_model(self.module, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            tmp.replace(folder)
+        except OSError:  # a read-only or full cache folder only costs the next load its time
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def trainable(self) -> tuple[Any, Any]:
         """(nn.Module, tokenizer) for fine-tuning; call `module.train()` before and `eval()` after."""

@@ -352,7 +352,9 @@ class LLMPolicy(nn.Module):
                 owner.append(a)
                 rel.append(j)
                 block[off + j, off : off + j + 1] = True  # an action token sees its own earlier tokens
-        self._q = torch.tensor(q)
+        # the distinct query rows (row 0 is the prompt's last token) and, per action token, its row among them
+        self._qrows = torch.tensor(sorted(set(q)))
+        self._qidx = torch.tensor([sorted(set(q)).index(r) for r in q])
         self._tgt = torch.tensor(tgt)
         self._owner = torch.tensor(owner)
         self._rel = torch.tensor(rel)  # position after the prompt
@@ -384,14 +386,17 @@ class LLMPolicy(nn.Module):
                 mask[b, 0, idx, idx] = True
         return mask, pos
 
-    def _action_scores(self, h: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor:
-        """Final hidden states (B, S, d) of packed sequences -> normalised action scores (B, n)."""
+    def _rows(self, lengths: Sequence[int]) -> torch.Tensor:
+        """(B, R) rows of the packed sequences whose final hidden state is read: the prompt's last token
+        (value, first action tokens) then each action token that predicts the next one."""
+        P = torch.tensor(list(lengths))[:, None]
+        return torch.where(self._qrows[None] < 0, P - 1, P + self._qrows[None])
+
+    def _action_scores(self, h: torch.Tensor) -> torch.Tensor:
+        """Final hidden states at `_rows` (B, R, d) -> normalised action scores (B, n)."""
         B = h.shape[0]
-        P = torch.tensor(list(lengths))
-        rows = torch.where(self._q[None] < 0, P[:, None] - 1, P[:, None] + self._q[None])  # (B, R)
-        hq = h[torch.arange(B)[:, None], rows]  # (B, R, d)
-        logits = self.stack.logits(hq, self.out_rows)  # (B, R, V or U)
-        logp = torch.log_softmax(logits.float(), -1).gather(-1, self._tgt.expand(B, -1)[..., None])[..., 0]
+        logits = self.stack.logits(h, self.out_rows)  # (B, R, V or U)
+        logp = torch.log_softmax(logits.float(), -1)[:, self._qidx, self._tgt]  # (B, action tokens)
         scores = torch.zeros(B, self.n, dtype=logp.dtype).index_add_(1, self._owner, logp)
         return scores / self.norm
 
@@ -415,8 +420,8 @@ class LLMPolicy(nn.Module):
                 entry: Any = (h[0].clone(), P)
                 size = h[0].numel() * h.element_size()
             else:
-                h = stack.final_norm(h)
-                entry = (self._action_scores(h, [P])[0], h[0, P - 1].float().clone())
+                h = stack.final_norm(h[0, self._rows([P])[0]])[None]  # (1, R, d)
+                entry = (self._action_scores(h)[0], h[0, 0].float().clone())
                 size = (self.n + h.shape[-1]) * 4
         self._remember(key, entry, size)
         return entry
@@ -439,9 +444,16 @@ class LLMPolicy(nn.Module):
         for b, (h, _) in enumerate(entries):
             x[b, : h.shape[0]] = h
         mask, pos = self._mask_positions(lengths, total)
-        h = stack.final_norm(stack.run(x, self.first_trained, len(stack.layers), mask, pos))
-        value = self.value_head(h[torch.arange(len(entries)), torch.tensor(lengths) - 1].float()).squeeze(-1)
-        return self._action_scores(h, lengths), value
+        rows = self._rows(lengths)  # (B, R)
+        last = len(stack.layers) - 1
+        if stack.fast_rows:  # the last layer only where its output is read
+            h = stack.run(x, self.first_trained, last, mask, pos)
+            h = stack.final_norm(stack.last_rows(h, mask, pos, rows))
+        else:
+            h = stack.run(x, self.first_trained, last + 1, mask, pos)
+            h = stack.final_norm(h[torch.arange(len(entries))[:, None], rows])
+        value = self.value_head(h[:, 0].float()).squeeze(-1)
+        return self._action_scores(h), value
 
     def _check_prompt_length(self, tok: Any) -> None:
         """The template with an empty state must leave room for a state in the context."""
@@ -555,6 +567,9 @@ class _Stack:
         self.context = int(min(getattr(cfg, "max_position_embeddings", 2048), window))
         self.softcap = getattr(cfg, "final_logit_softcapping", None)
         self.dtype = next(net.parameters()).dtype
+        from llmrl.roles._decoder import fast_rows_supported
+
+        self.fast_rows = fast_rows_supported(self)
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.inner.embed_tokens(ids)
@@ -568,6 +583,13 @@ class _Stack:
         from llmrl.roles._decoder import run_layers
 
         return run_layers(self, h, start, stop, mask, pos)
+
+    def last_rows(
+        self, h: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, rows: torch.Tensor
+    ) -> torch.Tensor:
+        from llmrl.roles._decoder import last_layer_rows
+
+        return last_layer_rows(self, h, mask, pos, rows)
 
     def final_norm(self, h: torch.Tensor) -> torch.Tensor:
         return self.inner.norm(h)

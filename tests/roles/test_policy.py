@@ -127,10 +127,12 @@ STATES = ("Mission: go to the red ball. You see a red ball 2 steps ahead. You ca
           "Mission: go to the red ball. You see a wall right in front. You carry nothing.")  # fmt: skip
 
 
-@pytest.mark.parametrize("lora_layers", [1, None])
-def test_packed_tree_scores_equal_a_forward_per_action(tiny_gemma, lora_layers):
+@pytest.mark.parametrize("lora_layers,fast", [(1, True), (None, True), (2, False)])
+def test_packed_tree_scores_equal_a_forward_per_action(tiny_gemma, lora_layers, fast):
     llm = _llm(tiny_gemma)
     policy = LLMPolicy(llm, GLAM_ACTIONS, vocab="full", lora_layers=lora_layers)
+    assert policy.stack.fast_rows  # Gemma 3's last layer runs for the read rows only...
+    policy.stack.fast_rows = fast  # ...or through transformers' own layer (any other architecture)
     with torch.no_grad():  # LoRA's B starts at zero: make the adapters do something
         for p in policy.adapters:
             p.normal_(0, 0.3)

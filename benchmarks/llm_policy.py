@@ -1,0 +1,293 @@
+"""The LLM as the policy (GLAM-style PPO on the embedded Gemma 3 270M, de-quantised through transformers).
+
+Four questions, one sub-command each; every number in RESULTS.md comes from one of these commands.
+
+    python benchmarks/llm_policy.py speed      # training env steps/s: LLMPolicy vs a naive GLAM loop
+    python benchmarks/llm_policy.py learn      # zero-shot -> fine-tuned success on a single-room go-to task
+    python benchmarks/llm_policy.py gotolocal  # BabyAI-GoToLocal, LLMPolicy vs PPO on the symbolic view
+    python benchmarks/llm_policy.py tasks      # BabyAI's five task types, zero-shot vs fine-tuned
+
+`speed` runs both sides in one process on the same model, envs, seeds and PPO settings:
+- `llm-policy`: `LLMPolicy` as built (prompt and all actions packed in one sequence, the 17 frozen layers
+  cached per distinct state, LoRA on the top layer, the action tokens' output rows only);
+- `naive`: GLAM's plain loop on the same model: each (state, action) pair is its own sequence through the
+  whole model (padded into one batch per step), full-vocabulary log-softmax, LoRA adapters on every layer
+  so gradients flow through all of them, nothing cached.
+Both are measured over the same number of PPO iterations from a cold start (the cache starts empty), so
+the ratio includes the cache misses a fresh run pays.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.metadata as md
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import llmrl
+from llmrl.agents import PPO
+from llmrl.evaluate import evaluate
+from llmrl.llm.hf import HFLLM
+from llmrl.roles.policy import GLAM_ACTIONS, LLMPolicy, _inject_lora
+
+MACHINE = "2-core AMD EPYC (avx512_bf16, no AMX), machine shared with other jobs"
+LEARN_ENV = "BabyAI-GoToRedBallNoDists-v0"
+TASKS = {  # BabyAI's five task types (BALROG's set), one single-room level each
+    "go to": "BabyAI-GoToLocal-v0",
+    "pick up": "BabyAI-PickupLoc-v0",
+    "put next to": "BabyAI-PutNextLocal-v0",
+    "open/unlock": "BabyAI-UnlockLocal-v0",
+    # minigrid has no single-room "pick up X then go to Y" level; SynthLoc mixes instructions incl. sequences
+    "pick up then go to (SynthLoc)": "BabyAI-SynthLoc-v0",
+}
+PPO_SETTINGS = dict(n_steps=32, batch_size=64, n_epochs=2, learning_rate=3e-4, ent_coef=0.01, gamma=0.99,
+                    gae_lambda=0.95, clip_range=0.2, max_grad_norm=0.5)  # fmt: skip
+
+
+def load_llm() -> HFLLM:
+    """The embedded GGUF through transformers (de-quantised once, then cached next to the GGUF)."""
+    return HFLLM.from_gguf(device="cpu")
+
+
+# -- the naive GLAM loop, for the speed comparison ----------------------------------------------------------
+
+
+class NaiveGLAMPolicy(nn.Module):
+    """Each (state, action) pair is its own full sequence through every layer; nothing cached.
+
+    Same interface as LLMPolicy (ids -> logits, value) and the same prompt table, so PPO runs unchanged.
+    """
+
+    def __init__(self, llm: HFLLM, table: LLMPolicy) -> None:
+        super().__init__()
+        object.__setattr__(self, "llm", llm)
+        object.__setattr__(self, "table", table)
+        net = llm.module
+        n_layers = len(net.model.layers)
+        self.adapters = nn.ParameterList(_inject_lora(net, list(range(n_layers)), 8, 16, ("q_proj", "v_proj")))
+        d = net.config.hidden_size
+        self.value_head = nn.Sequential(nn.Linear(d, 256), nn.Tanh(), nn.Linear(256, 1))
+        tok = llm.tokenizer
+        self.action_ids = [tok(" " + a, add_special_tokens=False)["input_ids"] for a in table.actions]
+
+    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        tok, net = self.llm.tokenizer, self.llm.module
+        seqs, spans, last = [], [], []
+        for k in ids.reshape(-1).tolist():
+            p = tok(self.table.texts[int(k)])["input_ids"]
+            last.append((len(seqs), len(p) - 1))
+            for a in self.action_ids:
+                spans.append((len(p), a))
+                seqs.append(p + a)
+        S = max(len(s) for s in seqs)
+        x = torch.zeros(len(seqs), S, dtype=torch.long)
+        att = torch.zeros(len(seqs), S, dtype=torch.long)
+        for i, s in enumerate(seqs):
+            x[i, : len(s)] = torch.tensor(s)
+            att[i, : len(s)] = 1
+        out = net(input_ids=x, attention_mask=att, output_hidden_states=True)
+        logp = torch.log_softmax(out.logits.float(), -1)  # (B * n, S, V)
+        scores = torch.stack([
+            sum(logp[i, P - 1 + j, t] for j, t in enumerate(a)) for i, (P, a) in enumerate(spans)
+        ]).reshape(len(last), -1)  # fmt: skip
+        h = out.hidden_states[-1]
+        value = self.value_head(torch.stack([h[i, j] for i, j in last])).squeeze(-1)
+        return scores, value
+
+
+# -- helpers ----------------------------------------------------------------------------------------------
+
+
+def make_policy(llm: HFLLM, **kw: Any) -> LLMPolicy:
+    return LLMPolicy(llm, GLAM_ACTIONS, **kw)
+
+
+def success_rate(agent: PPO, env_id: str, policy: LLMPolicy, n: int, seed: int, deterministic: bool) -> float:
+    """Share of `n` episodes that reach the goal (BabyAI: a positive return) with the agent acting."""
+    env = policy.wrap(llmrl.make(env_id, num_envs=min(n, 8)))
+    res = evaluate(agent, env, n_episodes=n, deterministic=deterministic, seed=seed)
+    env.close()
+    return float(np.mean(np.asarray(res.returns) > 0))
+
+
+def episodes(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    with open(run_dir / "episodes.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return np.array([int(r["step"]) for r in rows]), np.array([float(r["return"]) > 0 for r in rows])
+
+
+def rolling(steps: np.ndarray, success: np.ndarray, every: int, window: int = 50) -> list[tuple[int, float]]:
+    """Training success over the last `window` episodes, sampled every `every` env steps."""
+    out = []
+    for s in range(every, int(steps.max(initial=0)) + 1, every):
+        done = success[steps <= s][-window:]
+        if len(done):
+            out.append((s, float(done.mean())))
+    return out
+
+
+def provenance() -> dict[str, Any]:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    return {"machine": MACHINE, "cpu": platform.processor() or platform.machine(), "commit": commit,
+            "torch": torch.__version__, "transformers": md.version("transformers"), "peft": md.version("peft"),
+            "threads": torch.get_num_threads()}  # fmt: skip
+
+
+# -- 4. speed ---------------------------------------------------------------------------------------------
+
+
+def bench_speed(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {"env": LEARN_ENV, "num_envs": args.envs, "n_steps": args.n_steps, "iterations": args.iters}
+    settings = dict(PPO_SETTINGS, n_steps=args.n_steps, batch_size=args.n_steps * args.envs, n_epochs=1)
+    for side in ("llm-policy", "naive"):
+        llm = load_llm()
+        policy = make_policy(llm, lora_layers=1)
+        body: nn.Module = policy if side == "llm-policy" else NaiveGLAMPolicy(llm, policy)
+        env = policy.wrap(llmrl.make(LEARN_ENV, num_envs=args.envs))
+        agent = PPO(env, policy=body, seed=0, **settings)
+        steps = args.n_steps * args.envs * (args.iters if side == "llm-policy" else args.naive_iters)
+        t0 = time.perf_counter()
+        agent.learn(steps, progress_bar=False)
+        wall = time.perf_counter() - t0
+        out[side] = {"steps": agent.num_timesteps, "wall_s": round(wall, 1),
+                     "steps_per_s": round(agent.num_timesteps / wall, 3), **policy.metrics()}  # fmt: skip
+        print(side, out[side], flush=True)
+        env.close()
+        del agent, body, policy, llm
+    out["ratio"] = round(out["llm-policy"]["steps_per_s"] / out["naive"]["steps_per_s"], 1)
+    return out
+
+
+# -- 1. learning on a single-room go-to task ----------------------------------------------------------------
+
+
+def train_run(env_id: str, seed: int, steps: int, args: argparse.Namespace, run_dir: Path) -> tuple[PPO, LLMPolicy]:
+    llm = load_llm()
+    policy = make_policy(llm, train=args.train, lora_layers=args.lora_layers, normalise=args.normalise)
+    env = policy.wrap(llmrl.make(env_id, num_envs=args.envs))
+    settings = dict(PPO_SETTINGS, n_steps=args.n_steps, learning_rate=args.lr, n_epochs=args.epochs)
+    agent = PPO(env, policy=policy, seed=seed, **settings)
+    agent.learn(steps, progress_bar=False, run_dir=run_dir)
+    return agent, policy
+
+
+def bench_learn(args: argparse.Namespace) -> dict[str, Any]:
+    env_id = args.env
+    out: dict[str, Any] = {"env": env_id, "steps": args.steps, "train": args.train, "seed": args.seed}
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        llm = load_llm()
+        zs = make_policy(llm, train="none")
+        zs_agent = PPO(zs.wrap(llmrl.make(env_id, num_envs=2)), policy=zs, seed=args.seed)
+        out["zero_shot_sampled"] = success_rate(zs_agent, env_id, zs, args.eval, 1000 + args.seed, False)
+        out["zero_shot_greedy"] = success_rate(zs_agent, env_id, zs, args.eval, 1000 + args.seed, True)
+        del zs_agent, zs, llm
+        print("zero-shot", out, flush=True)
+        t1 = time.perf_counter()
+        agent, policy = train_run(env_id, args.seed, args.steps, args, Path(tmp) / "run")
+        out["train_wall_s"] = round(time.perf_counter() - t1, 1)
+        steps, succ = episodes(Path(tmp) / "run")
+        out["training_success"] = rolling(steps, succ, every=max(args.steps // 10, 1))
+        out["fine_tuned_sampled"] = success_rate(agent, env_id, policy, args.eval, 1000 + args.seed, False)
+        out["fine_tuned_greedy"] = success_rate(agent, env_id, policy, args.eval, 1000 + args.seed, True)
+        out["metrics"] = policy.metrics()
+        out["total_wall_s"] = round(time.perf_counter() - t0, 1)
+        if args.save:
+            agent.save(args.save)
+    return out
+
+
+# -- 2. GoToLocal beside PPO on the symbolic view -------------------------------------------------------------
+
+
+def bench_gotolocal(args: argparse.Namespace) -> dict[str, Any]:
+    from llmrl.planner import _FlatImage
+
+    env_id = "BabyAI-GoToLocal-v0"
+    out: dict[str, Any] = {"env": env_id, "steps": args.steps, "seeds": args.seeds}
+    for seed in args.seeds:
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            _, policy = train_run(env_id, seed, args.steps, args, Path(tmp) / "llm")
+            steps, succ = episodes(Path(tmp) / "llm")
+            out[f"llm-policy/seed{seed}"] = {"success": rolling(steps, succ, every=max(args.steps // 10, 1)),
+                                             "wall_s": round(time.perf_counter() - t0, 1)}  # fmt: skip
+            t0 = time.perf_counter()
+            import gymnasium as gym
+
+            venv = gym.vector.SyncVectorEnv([lambda: _FlatImage(llmrl.make(env_id))] * args.envs)
+            sym = PPO(venv, seed=seed, **dict(PPO_SETTINGS, n_steps=args.n_steps, learning_rate=3e-4))
+            sym.learn(args.steps, progress_bar=False, run_dir=Path(tmp) / "sym")
+            steps, succ = episodes(Path(tmp) / "sym")
+            out[f"symbolic-ppo/seed{seed}"] = {"success": rolling(steps, succ, every=max(args.steps // 10, 1)),
+                                               "wall_s": round(time.perf_counter() - t0, 1)}  # fmt: skip
+            print(seed, {k: v for k, v in out.items() if str(seed) in k}, flush=True)
+    return out
+
+
+# -- 3. task types, zero-shot vs fine-tuned ---------------------------------------------------------------
+
+
+def bench_tasks(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {"episodes": args.episodes, "levels": TASKS}
+    llm = load_llm()
+    zs = make_policy(llm, train="none")
+    for name, env_id in TASKS.items():
+        agent = PPO(zs.wrap(llmrl.make(env_id, num_envs=2)), policy=zs, seed=0)
+        out[f"zero-shot/{name}"] = success_rate(agent, env_id, zs, args.episodes, 2000, deterministic=False)
+        print(name, out[f"zero-shot/{name}"], flush=True)
+    if args.checkpoint:
+        llm = load_llm()
+        policy = make_policy(llm, train=args.train, lora_layers=args.lora_layers, normalise=args.normalise)
+        env = policy.wrap(llmrl.make(LEARN_ENV, num_envs=2))
+        tuned = PPO.load(args.checkpoint, env=env, policy=policy)
+        for name, env_id in TASKS.items():
+            out[f"fine-tuned/{name}"] = success_rate(tuned, env_id, policy, args.episodes, 2000, deterministic=False)
+            print(name, out[f"fine-tuned/{name}"], flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("question", choices=("speed", "learn", "gotolocal", "tasks"))
+    parser.add_argument("--env", default=LEARN_ENV)
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--envs", type=int, default=8)
+    parser.add_argument("--n-steps", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--train", default="lora", choices=("lora", "heads"))
+    parser.add_argument("--lora-layers", type=int, default=1)
+    parser.add_argument("--normalise", default="sum", choices=("sum", "token", "word"))
+    parser.add_argument("--eval", type=int, default=50, help="evaluation episodes (learn)")
+    parser.add_argument("--episodes", type=int, default=10, help="episodes per task type (tasks)")
+    parser.add_argument("--iters", type=int, default=3, help="PPO iterations measured (speed)")
+    parser.add_argument("--naive-iters", type=int, default=1, help="PPO iterations of the naive loop (speed)")
+    parser.add_argument("--checkpoint", default=None, help="fine-tuned agent to evaluate (tasks)")
+    parser.add_argument("--save", default=None, help="save the fine-tuned agent here (learn)")
+    parser.add_argument("--out", default=None, help="write the result JSON here")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    fn = {"speed": bench_speed, "learn": bench_learn, "gotolocal": bench_gotolocal, "tasks": bench_tasks}
+    result = {"question": args.question, **fn[args.question](args), "provenance": provenance()}
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
