@@ -75,7 +75,9 @@ class NaiveGLAMPolicy(nn.Module):
         object.__setattr__(self, "table", table)
         net = llm.module
         n_layers = len(net.model.layers)
-        self.adapters = nn.ParameterList(_inject_lora(net, list(range(n_layers)), 8, 16, ("q_proj", "v_proj")))
+        self.adapters = nn.ParameterList(
+            _inject_lora(net, list(range(n_layers)), 8, 16, ("q_proj", "v_proj"))
+        )
         d = net.config.hidden_size
         self.value_head = nn.Sequential(nn.Linear(d, 256), nn.Tanh(), nn.Linear(256, 1))
         tok = llm.tokenizer
@@ -83,27 +85,19 @@ class NaiveGLAMPolicy(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         tok, net = self.llm.tokenizer, self.llm.module
-        seqs, spans, last = [], [], []
+        scores, values = [], []
         for k in ids.reshape(-1).tolist():
             p = tok(self.table.texts[int(k)])["input_ids"]
-            last.append((len(seqs), len(p) - 1))
-            for a in self.action_ids:
-                spans.append((len(p), a))
-                seqs.append(p + a)
-        S = max(len(s) for s in seqs)
-        x = torch.zeros(len(seqs), S, dtype=torch.long)
-        att = torch.zeros(len(seqs), S, dtype=torch.long)
-        for i, s in enumerate(seqs):
-            x[i, : len(s)] = torch.tensor(s)
-            att[i, : len(s)] = 1
-        out = net(input_ids=x, attention_mask=att, output_hidden_states=True)
-        logp = torch.log_softmax(out.logits.float(), -1)  # (B * n, S, V)
-        scores = torch.stack([
-            sum(logp[i, P - 1 + j, t] for j, t in enumerate(a)) for i, (P, a) in enumerate(spans)
-        ]).reshape(len(last), -1)  # fmt: skip
-        h = out.hidden_states[-1]
-        value = self.value_head(torch.stack([h[i, j] for i, j in last])).squeeze(-1)
-        return scores, value
+            row = []
+            for a in self.action_ids:  # its own forward per action; logits only where they are read
+                out = net(
+                    input_ids=torch.tensor([p + a]), logits_to_keep=len(a) + 1, output_hidden_states=True
+                )
+                logp = torch.log_softmax(out.logits[0, :-1].float(), -1)  # (len(a), V)
+                row.append(logp[torch.arange(len(a)), torch.tensor(a)].sum())
+            scores.append(torch.stack(row))
+            values.append(self.value_head(out.hidden_states[-1][0, len(p) - 1]))
+        return torch.stack(scores), torch.cat(values)
 
 
 # -- helpers ----------------------------------------------------------------------------------------------
@@ -138,7 +132,9 @@ def rolling(steps: np.ndarray, success: np.ndarray, every: int, window: int = 50
 
 
 def provenance() -> dict[str, Any]:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
     return {"machine": MACHINE, "cpu": platform.processor() or platform.machine(), "commit": commit,
             "torch": torch.__version__, "transformers": md.version("transformers"), "peft": md.version("peft"),
             "threads": torch.get_num_threads()}  # fmt: skip
@@ -148,20 +144,23 @@ def provenance() -> dict[str, Any]:
 
 
 def bench_speed(args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {"env": LEARN_ENV, "num_envs": args.envs, "n_steps": args.n_steps, "iterations": args.iters}
+    """Real PPO training on both sides, same settings; the naive side runs fewer iterations (a rate)."""
+    out: dict[str, Any] = {"env": LEARN_ENV, "num_envs": args.envs, "n_steps": args.n_steps,
+                           "n_epochs": 1, "batch_size": args.n_steps * args.envs}  # fmt: skip
     settings = dict(PPO_SETTINGS, n_steps=args.n_steps, batch_size=args.n_steps * args.envs, n_epochs=1)
-    for side in ("llm-policy", "naive"):
+    for side, iters in (("llm-policy", args.iters), ("naive", args.naive_iters)):
         llm = load_llm()
         policy = make_policy(llm, lora_layers=1)
         body: nn.Module = policy if side == "llm-policy" else NaiveGLAMPolicy(llm, policy)
         env = policy.wrap(llmrl.make(LEARN_ENV, num_envs=args.envs))
         agent = PPO(env, policy=body, seed=0, **settings)
-        steps = args.n_steps * args.envs * (args.iters if side == "llm-policy" else args.naive_iters)
         t0 = time.perf_counter()
-        agent.learn(steps, progress_bar=False)
+        agent.learn(args.n_steps * args.envs * iters, progress_bar=False)
         wall = time.perf_counter() - t0
-        out[side] = {"steps": agent.num_timesteps, "wall_s": round(wall, 1),
-                     "steps_per_s": round(agent.num_timesteps / wall, 3), **policy.metrics()}  # fmt: skip
+        out[side] = {"iterations": iters, "steps": agent.num_timesteps, "wall_s": round(wall, 1),
+                     "steps_per_s": round(agent.num_timesteps / wall, 4)}  # fmt: skip
+        if side == "llm-policy":
+            out[side].update(policy.metrics())
         print(side, out[side], flush=True)
         env.close()
         del agent, body, policy, llm
@@ -172,7 +171,9 @@ def bench_speed(args: argparse.Namespace) -> dict[str, Any]:
 # -- 1. learning on a single-room go-to task ----------------------------------------------------------------
 
 
-def train_run(env_id: str, seed: int, steps: int, args: argparse.Namespace, run_dir: Path) -> tuple[PPO, LLMPolicy]:
+def train_run(
+    env_id: str, seed: int, steps: int, args: argparse.Namespace, run_dir: Path
+) -> tuple[PPO, LLMPolicy]:
     llm = load_llm()
     policy = make_policy(llm, train=args.train, lora_layers=args.lora_layers, normalise=args.normalise)
     env = policy.wrap(llmrl.make(env_id, num_envs=args.envs))
@@ -253,13 +254,17 @@ def bench_tasks(args: argparse.Namespace) -> dict[str, Any]:
         env = policy.wrap(llmrl.make(LEARN_ENV, num_envs=2))
         tuned = PPO.load(args.checkpoint, env=env, policy=policy)
         for name, env_id in TASKS.items():
-            out[f"fine-tuned/{name}"] = success_rate(tuned, env_id, policy, args.episodes, 2000, deterministic=False)
+            out[f"fine-tuned/{name}"] = success_rate(
+                tuned, env_id, policy, args.episodes, 2000, deterministic=False
+            )
             print(name, out[f"fine-tuned/{name}"], flush=True)
     return out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("question", choices=("speed", "learn", "gotolocal", "tasks"))
     parser.add_argument("--env", default=LEARN_ENV)
     parser.add_argument("--steps", type=int, default=3000)
@@ -274,7 +279,7 @@ def main() -> None:
     parser.add_argument("--normalise", default="sum", choices=("sum", "token", "word"))
     parser.add_argument("--eval", type=int, default=50, help="evaluation episodes (learn)")
     parser.add_argument("--episodes", type=int, default=10, help="episodes per task type (tasks)")
-    parser.add_argument("--iters", type=int, default=3, help="PPO iterations measured (speed)")
+    parser.add_argument("--iters", type=int, default=64, help="PPO iterations measured (speed)")
     parser.add_argument("--naive-iters", type=int, default=1, help="PPO iterations of the naive loop (speed)")
     parser.add_argument("--checkpoint", default=None, help="fine-tuned agent to evaluate (tasks)")
     parser.add_argument("--save", default=None, help="save the fine-tuned agent here (learn)")
