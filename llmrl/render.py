@@ -37,7 +37,8 @@ def action_names(env: gym.Env) -> list[str]:
     """Names of the env's actions: `get_action_meanings()` (ALE, llmrl's Grid), MiniGrid's `actions`
     enum, else indices."""
     space = env.action_space
-    getter = getattr(env.unwrapped, "get_action_meanings", None)
+    # an outer wrapper may name the actions it offers (the LLM policy's action strings), else the env does
+    getter = getattr(env, "get_action_meanings", None) or getattr(env.unwrapped, "get_action_meanings", None)
     enum = getattr(env.unwrapped, "actions", None)  # MiniGrid: IntEnum left, right, forward, pickup, ...
     if isinstance(space, spaces.Discrete):
         names: list[str] = []

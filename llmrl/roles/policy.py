@@ -129,6 +129,10 @@ class TextIds(RoleWrapper):
             self.action_space = spaces.Discrete(self.policy.n)
         return spaces.Discrete(self.policy.texts.limit)
 
+    def get_action_meanings(self) -> list[str]:
+        """The policy's action strings (GIF panels and terminal renders label the probabilities with them)."""
+        return list(self.policy.actions)
+
     def step(self, action: Any):
         self.last_actions = [int(a) for a in np.asarray(action).reshape(-1)]
         return super().step(action)

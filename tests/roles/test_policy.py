@@ -319,3 +319,17 @@ def test_smoke_learning_on_a_single_room_go_to(tmp_path):
     success = np.array([float(r["return"]) > 0 for r in rows])
     assert len(success) >= 40
     assert success[-20:].mean() > success[:20].mean() + 0.2
+
+
+def test_gif_panel_shows_the_policy_action_probabilities(tmp_path):
+    from llmrl.render import render_terminal, save_gif
+
+    policy = LLMPolicy(_ScoreOnly(), ["up", "right", "down", "left"], train="none")
+    env = policy.wrap(llmrl.make("llmrl/Grid-v0", render_mode="rgb_array"))
+    agent = PPO(env, policy=policy, n_steps=8, batch_size=8)
+    assert save_gif(agent, env, tmp_path / "a.gif", max_steps=5, seed=0).stat().st_size > 0
+    import io
+
+    buf = io.StringIO()
+    render_terminal(agent, env, max_steps=2, seed=0, file=buf)
+    assert "p: " in buf.getvalue() and "*right=" in buf.getvalue()
