@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
@@ -98,6 +99,21 @@ class NaiveGLAMPolicy(nn.Module):
             scores.append(torch.stack(row))
             values.append(self.value_head(out.hidden_states[-1][0, len(p) - 1]))
         return torch.stack(scores), torch.cat(values)
+
+
+class FlatSymbolic(gym.ObservationWrapper):
+    """MiniGrid's symbolic egocentric view (7, 7, 3) as a float vector scaled to [0, 1], plus the agent's
+    direction one-hot (the mission is not given: GoToLocal's PPO baseline has to read it from nowhere, as
+    the symbolic-view baselines without a language encoder do)."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self.observation_space = gym.spaces.Box(0.0, 1.0, (7 * 7 * 3 + 4,), np.float32)
+
+    def observation(self, obs: dict) -> np.ndarray:
+        direction = np.zeros(4, np.float32)
+        direction[int(obs["direction"])] = 1.0
+        return np.concatenate([obs["image"].reshape(-1).astype(np.float32) / 10.0, direction])
 
 
 # -- helpers ----------------------------------------------------------------------------------------------
@@ -171,41 +187,44 @@ def bench_speed(args: argparse.Namespace) -> dict[str, Any]:
 # -- 1. learning on a single-room go-to task ----------------------------------------------------------------
 
 
-def train_run(
-    env_id: str, seed: int, steps: int, args: argparse.Namespace, run_dir: Path
-) -> tuple[PPO, LLMPolicy]:
+def train_run(env_id: str, seed: int, steps: int, args: argparse.Namespace, run_dir: Path,
+              before: Any = None) -> tuple[PPO, LLMPolicy]:  # fmt: skip
+    """PPO + LLMPolicy on `env_id`; `before(agent, policy)` runs first (the untrained policy is the zero-shot
+    LLM exactly: LoRA's B and the logit head start at zero), sharing the policy's cache."""
     llm = load_llm()
     policy = make_policy(llm, train=args.train, lora_layers=args.lora_layers, normalise=args.normalise)
     env = policy.wrap(llmrl.make(env_id, num_envs=args.envs))
     settings = dict(PPO_SETTINGS, n_steps=args.n_steps, learning_rate=args.lr, n_epochs=args.epochs)
     agent = PPO(env, policy=policy, seed=seed, **settings)
+    if before is not None:
+        before(agent, policy)
     agent.learn(steps, progress_bar=False, run_dir=run_dir)
     return agent, policy
 
 
 def bench_learn(args: argparse.Namespace) -> dict[str, Any]:
     env_id = args.env
-    out: dict[str, Any] = {"env": env_id, "steps": args.steps, "train": args.train, "seed": args.seed}
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        llm = load_llm()
-        zs = make_policy(llm, train="none")
-        zs_agent = PPO(zs.wrap(llmrl.make(env_id, num_envs=2)), policy=zs, seed=args.seed)
-        out["zero_shot_sampled"] = success_rate(zs_agent, env_id, zs, args.eval, 1000 + args.seed, False)
-        out["zero_shot_greedy"] = success_rate(zs_agent, env_id, zs, args.eval, 1000 + args.seed, True)
-        del zs_agent, zs, llm
+    out: dict[str, Any] = {"env": env_id, "steps": args.steps, "train": args.train, "seed": args.seed,
+                           "envs": args.envs, "n_steps": args.n_steps, "epochs": args.epochs, "lr": args.lr}  # fmt: skip
+    eval_seed = 1000 + args.seed
+
+    def zero_shot(agent: PPO, policy: LLMPolicy) -> None:
+        out["zero_shot_sampled"] = success_rate(agent, env_id, policy, args.eval, eval_seed, False)
+        out["zero_shot_greedy"] = success_rate(agent, env_id, policy, args.eval, eval_seed, True)
+        out["zero_shot_metrics"] = policy.metrics()
         print("zero-shot", out, flush=True)
-        t1 = time.perf_counter()
-        agent, policy = train_run(env_id, args.seed, args.steps, args, Path(tmp) / "run")
-        out["train_wall_s"] = round(time.perf_counter() - t1, 1)
-        steps, succ = episodes(Path(tmp) / "run")
-        out["training_success"] = rolling(steps, succ, every=max(args.steps // 10, 1))
-        out["fine_tuned_sampled"] = success_rate(agent, env_id, policy, args.eval, 1000 + args.seed, False)
-        out["fine_tuned_greedy"] = success_rate(agent, env_id, policy, args.eval, 1000 + args.seed, True)
-        out["metrics"] = policy.metrics()
-        out["total_wall_s"] = round(time.perf_counter() - t0, 1)
-        if args.save:
-            agent.save(args.save)
+
+    run_dir = Path(args.run_dir) if args.run_dir else Path(tempfile.mkdtemp()) / "run"
+    t0 = time.perf_counter()
+    agent, policy = train_run(env_id, args.seed, args.steps, args, run_dir, before=zero_shot)
+    out["train_wall_s"] = round(time.perf_counter() - t0, 1)
+    steps, succ = episodes(run_dir)
+    out["training_success"] = rolling(steps, succ, every=max(args.steps // 10, 1))
+    out["fine_tuned_sampled"] = success_rate(agent, env_id, policy, args.eval, eval_seed, False)
+    out["fine_tuned_greedy"] = success_rate(agent, env_id, policy, args.eval, eval_seed, True)
+    out["metrics"] = policy.metrics()
+    if args.save:
+        agent.save(args.save)
     return out
 
 
@@ -213,8 +232,6 @@ def bench_learn(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def bench_gotolocal(args: argparse.Namespace) -> dict[str, Any]:
-    from llmrl.planner import _FlatImage
-
     env_id = "BabyAI-GoToLocal-v0"
     out: dict[str, Any] = {"env": env_id, "steps": args.steps, "seeds": args.seeds}
     for seed in args.seeds:
@@ -225,9 +242,7 @@ def bench_gotolocal(args: argparse.Namespace) -> dict[str, Any]:
             out[f"llm-policy/seed{seed}"] = {"success": rolling(steps, succ, every=max(args.steps // 10, 1)),
                                              "wall_s": round(time.perf_counter() - t0, 1)}  # fmt: skip
             t0 = time.perf_counter()
-            import gymnasium as gym
-
-            venv = gym.vector.SyncVectorEnv([lambda: _FlatImage(llmrl.make(env_id))] * args.envs)
+            venv = gym.vector.SyncVectorEnv([lambda: FlatSymbolic(llmrl.make(env_id))] * args.envs)
             sym = PPO(venv, seed=seed, **dict(PPO_SETTINGS, n_steps=args.n_steps, learning_rate=3e-4))
             sym.learn(args.steps, progress_bar=False, run_dir=Path(tmp) / "sym")
             steps, succ = episodes(Path(tmp) / "sym")
@@ -241,23 +256,31 @@ def bench_gotolocal(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def bench_tasks(args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {"episodes": args.episodes, "levels": TASKS}
-    llm = load_llm()
-    zs = make_policy(llm, train="none")
-    for name, env_id in TASKS.items():
-        agent = PPO(zs.wrap(llmrl.make(env_id, num_envs=2)), policy=zs, seed=0)
-        out[f"zero-shot/{name}"] = success_rate(agent, env_id, zs, args.episodes, 2000, deterministic=False)
-        print(name, out[f"zero-shot/{name}"], flush=True)
+    """Zero-shot on llama.cpp (the embedded GGUF, `score()` only) and, with --checkpoint, the fine-tuned
+    agent (transformers); each level capped at --max-steps steps per episode to bound the run."""
+    from llmrl.llm import load
+
+    out: dict[str, Any] = {"episodes": args.episodes, "max_steps": args.max_steps, "levels": TASKS}
+    kw = {"max_steps": args.max_steps}
+    zs_llm = load("embedded")
+    zs = make_policy(zs_llm, train="none")
+    for name, env_id in TASKS.items() if not args.tuned_only else ():
+        env = zs.wrap(llmrl.make(env_id, num_envs=2, **kw))
+        agent = PPO(env, policy=zs, seed=0)
+        res = evaluate(agent, env, n_episodes=args.episodes, deterministic=False, seed=2000)
+        out[f"zero-shot/{name}"] = float(np.mean(np.asarray(res.returns) > 0))
+        print(name, out[f"zero-shot/{name}"], zs.metrics(), flush=True)
+    zs_llm.close()
     if args.checkpoint:
-        llm = load_llm()
-        policy = make_policy(llm, train=args.train, lora_layers=args.lora_layers, normalise=args.normalise)
-        env = policy.wrap(llmrl.make(LEARN_ENV, num_envs=2))
-        tuned = PPO.load(args.checkpoint, env=env, policy=policy)
+        policy = make_policy(
+            load_llm(), train=args.train, lora_layers=args.lora_layers, normalise=args.normalise
+        )
+        tuned = PPO.load(args.checkpoint, env=policy.wrap(llmrl.make(LEARN_ENV, num_envs=2)), policy=policy)
         for name, env_id in TASKS.items():
-            out[f"fine-tuned/{name}"] = success_rate(
-                tuned, env_id, policy, args.episodes, 2000, deterministic=False
-            )
-            print(name, out[f"fine-tuned/{name}"], flush=True)
+            env = policy.wrap(llmrl.make(env_id, num_envs=2, **kw))
+            res = evaluate(tuned, env, n_episodes=args.episodes, deterministic=False, seed=2000)
+            out[f"fine-tuned/{name}"] = float(np.mean(np.asarray(res.returns) > 0))
+            print(name, out[f"fine-tuned/{name}"], policy.metrics(), flush=True)
     return out
 
 
@@ -281,8 +304,11 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=10, help="episodes per task type (tasks)")
     parser.add_argument("--iters", type=int, default=64, help="PPO iterations measured (speed)")
     parser.add_argument("--naive-iters", type=int, default=1, help="PPO iterations of the naive loop (speed)")
+    parser.add_argument("--tuned-only", action="store_true", help="skip the zero-shot side (tasks)")
+    parser.add_argument("--max-steps", type=int, default=64, help="episode step cap per level (tasks)")
     parser.add_argument("--checkpoint", default=None, help="fine-tuned agent to evaluate (tasks)")
     parser.add_argument("--save", default=None, help="save the fine-tuned agent here (learn)")
+    parser.add_argument("--run-dir", default=None, help="training log folder (learn)")
     parser.add_argument("--out", default=None, help="write the result JSON here")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
