@@ -102,18 +102,22 @@ class NaiveGLAMPolicy(nn.Module):
 
 
 class FlatSymbolic(gym.ObservationWrapper):
-    """MiniGrid's symbolic egocentric view (7, 7, 3) as a float vector scaled to [0, 1], plus the agent's
-    direction one-hot (the mission is not given: GoToLocal's PPO baseline has to read it from nowhere, as
-    the symbolic-view baselines without a language encoder do)."""
+    """MiniGrid's symbolic egocentric view (7, 7, 3) scaled to [0, 1], the direction one-hot, and the
+    mission's colour and object words multi-hot (what GoToLocal's mission can name; llmrl's PPO has no
+    text encoder, so the instruction reaches it as these 9 numbers)."""
+
+    WORDS = ("red", "green", "blue", "purple", "yellow", "grey", "key", "ball", "box")
 
     def __init__(self, env: gym.Env) -> None:
         super().__init__(env)
-        self.observation_space = gym.spaces.Box(0.0, 1.0, (7 * 7 * 3 + 4,), np.float32)
+        self.observation_space = gym.spaces.Box(0.0, 1.0, (7 * 7 * 3 + 4 + len(self.WORDS),), np.float32)
 
     def observation(self, obs: dict) -> np.ndarray:
         direction = np.zeros(4, np.float32)
         direction[int(obs["direction"])] = 1.0
-        return np.concatenate([obs["image"].reshape(-1).astype(np.float32) / 10.0, direction])
+        words = str(obs["mission"]).split()
+        mission = np.array([w in words for w in self.WORDS], np.float32)
+        return np.concatenate([obs["image"].reshape(-1).astype(np.float32) / 10.0, direction, mission])
 
 
 # -- helpers ----------------------------------------------------------------------------------------------
