@@ -170,7 +170,8 @@ def bench_speed(args: argparse.Namespace) -> dict[str, Any]:
     settings = dict(PPO_SETTINGS, n_steps=args.n_steps, batch_size=args.n_steps * args.envs, n_epochs=1)
     for side, iters in (("llm-policy", args.iters), ("naive", args.naive_iters)):
         llm = load_llm()
-        policy = make_policy(llm, lora_layers=1)
+        # the naive side borrows only the prompt table (and the wrapper) of an adapter-free policy
+        policy = make_policy(llm, lora_layers=1) if side == "llm-policy" else make_policy(llm, train="none")
         body: nn.Module = policy if side == "llm-policy" else NaiveGLAMPolicy(llm, policy)
         env = policy.wrap(llmrl.make(LEARN_ENV, num_envs=args.envs))
         agent = PPO(env, policy=body, seed=0, **settings)
