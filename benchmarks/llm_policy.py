@@ -169,6 +169,8 @@ def bench_speed(args: argparse.Namespace) -> dict[str, Any]:
                            "n_epochs": 1, "batch_size": args.n_steps * args.envs}  # fmt: skip
     settings = dict(PPO_SETTINGS, n_steps=args.n_steps, batch_size=args.n_steps * args.envs, n_epochs=1)
     for side, iters in (("llm-policy", args.iters), ("naive", args.naive_iters)):
+        if side not in args.sides:
+            continue
         llm = load_llm()
         # the naive side borrows only the prompt table (and the wrapper) of an adapter-free policy
         policy = make_policy(llm, lora_layers=1) if side == "llm-policy" else make_policy(llm, train="none")
@@ -185,7 +187,8 @@ def bench_speed(args: argparse.Namespace) -> dict[str, Any]:
         print(side, out[side], flush=True)
         env.close()
         del agent, body, policy, llm
-    out["ratio"] = round(out["llm-policy"]["steps_per_s"] / out["naive"]["steps_per_s"], 1)
+    if len(args.sides) == 2:
+        out["ratio"] = round(out["llm-policy"]["steps_per_s"] / out["naive"]["steps_per_s"], 1)
     return out
 
 
@@ -308,6 +311,7 @@ def main() -> None:
     parser.add_argument("--eval", type=int, default=50, help="evaluation episodes (learn)")
     parser.add_argument("--episodes", type=int, default=10, help="episodes per task type (tasks)")
     parser.add_argument("--iters", type=int, default=64, help="PPO iterations measured (speed)")
+    parser.add_argument("--sides", nargs="+", default=["llm-policy", "naive"], help="speed: sides to run")
     parser.add_argument("--naive-iters", type=int, default=1, help="PPO iterations of the naive loop (speed)")
     parser.add_argument("--tuned-only", action="store_true", help="skip the zero-shot side (tasks)")
     parser.add_argument("--max-steps", type=int, default=64, help="episode step cap per level (tasks)")
