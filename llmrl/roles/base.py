@@ -96,7 +96,7 @@ class RoleWrapper(gym.Wrapper):
     # -- the plumbing ---------------------------------------------------------------------------
 
     @property
-    def num_envs(self) -> int:  # type: ignore[override]
+    def num_envs(self) -> int:
         return self.env.num_envs if self.is_vector else 1  # type: ignore[attr-defined]
 
     def reset(self, *, seed: Any = None, options: dict | None = None):
