@@ -32,12 +32,12 @@ from llmrl.nets import (
     build_network,
     copy_obs_,
     empty_obs_storage,
-    flatten_parameters,
     has_image,
     is_image_space,
     mlp,
     tree_map,
 )
+from llmrl.optim import FlatAdam
 
 __all__ = ["PPO", "PPOConfig", "ActorCritic", "compute_gae", "ppo_loss_and_grads", "LossAndGrads"]
 
@@ -354,10 +354,9 @@ class PPO(Agent):
         self.model = ActorCritic(self.observation_space, self.action_space, self.config, policy).to(
             self.device
         )
-        # one flat parameter tensor: one fused Adam kernel and one-op grad clipping (see flatten_parameters)
-        self.flat_params = flatten_parameters(self.model)
-        self.optimizer = torch.optim.Adam([self.flat_params], lr=self.config.learning_rate, eps=self.config.adam_eps,
-                                          fused=self.device.type in ("cpu", "cuda"))  # fmt: skip
+        # one flat parameter tensor: one fused Adam kernel and one-op grad clipping (llmrl.optim.FlatAdam)
+        self.optimizer = FlatAdam(self.model, self.config.learning_rate, eps=self.config.adam_eps)
+        self.flat_params = self.optimizer.flat
         self.n_updates = 0
 
     # -- acting ---------------------------------------------------------------------------------------------
@@ -391,8 +390,7 @@ class PPO(Agent):
         cfg, T, N, model = self.config, self.config.n_steps, self.num_envs, self.model
         if cfg.anneal_lr:
             frac = max(1.0 - self.num_timesteps / total_timesteps, 0.0)
-            for group in self.optimizer.param_groups:
-                group["lr"] = frac * cfg.learning_rate
+            self.optimizer.lr = frac * cfg.learning_rate
 
         obs_buf = empty_obs_storage(self.observation_space, (T, N))
         rewards = np.zeros((T, N), dtype=np.float32)
@@ -448,7 +446,7 @@ class PPO(Agent):
         metrics["explained_variance"] = (
             float(1 - (returns_t - values_t)[mask].var() / var_y) if var_y > 0 else float("nan")
         )
-        metrics["learning_rate"] = self.optimizer.param_groups[0]["lr"]
+        metrics["learning_rate"] = self.optimizer.lr
         return metrics
 
     def _apply_relabel(self, infos: dict, rewards: np.ndarray, valid: np.ndarray, t: int) -> None:
@@ -508,7 +506,7 @@ class PPO(Agent):
                     model.log_std.grad += step.grad_log_std  # type: ignore[union-attr, operator]
                 with torch.no_grad():  # clip_grad_norm_'s math on the one flat gradient
                     grad.mul_((cfg.max_grad_norm / (grad.norm() + 1e-6)).clamp_(max=1.0))  # type: ignore[union-attr]
-                self._adam_step()
+                self.optimizer.step()  # the gradient is clipped above, as before
                 self.n_updates += 1
                 # diagnostics are computed once at the end from these pieces
                 pg_losses.append(step.pg_loss)
@@ -530,22 +528,6 @@ class PPO(Agent):
                 "clip_fraction": float(((ratio - 1).abs() > cfg.clip_range).float().mean()),
                 "n_updates": float(self.n_updates),
             }
-
-    def _adam_step(self) -> None:
-        """self.optimizer.step(), calling its fused kernel directly once the state exists: the same update
-        (the same call torch.optim.Adam(fused=True) makes), without the per-call Python wrappers, which
-        cost about a tenth of a small-network gradient step."""
-        state = self.optimizer.state.get(self.flat_params)
-        group = self.optimizer.param_groups[0]
-        if not state or not group["fused"] or isinstance(group["lr"], torch.Tensor):
-            self.optimizer.step()  # the first step creates the state
-            return
-        beta1, beta2 = group["betas"]
-        state["step"].add_(1)
-        grad: torch.Tensor = self.flat_params.grad  # type: ignore[assignment]
-        torch._fused_adam_([self.flat_params], [grad], [state["exp_avg"]], [state["exp_avg_sq"]], [], [state["step"]],
-                           amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2,
-                           weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)  # fmt: skip
 
     # -- checkpoint state -------------------------------------------------------------------------------------
 

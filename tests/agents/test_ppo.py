@@ -231,3 +231,32 @@ def test_hand_written_loss_gradients_match_autograd(discrete, clip_range_vf, ent
     assert step.pg_loss + cfg.vf_coef * step.v_loss == pytest.approx(
         float(loss.detach()) + ent_coef * float(model.entropy(out).mean().detach()), abs=1e-5
     )
+
+
+@pytest.mark.parametrize("discrete", [True, False])
+def test_hand_written_distribution_matches_torch_distributions(discrete):
+    action_space = spaces.Discrete(4) if discrete else spaces.Box(-1, 1, (3,), np.float32)
+    agent = PPO(_ToyEnv(spaces.Box(-1, 1, (5,), np.float32), action_space), seed=0, log_std_init=-0.3)
+    model, g = agent.model, torch.Generator().manual_seed(2)
+    out = torch.randn(64, model.n_out, generator=g)
+    if discrete:
+        dist: torch.distributions.Distribution = torch.distributions.Categorical(logits=out)
+        actions = torch.randint(0, 4, (64,), generator=g)
+    else:
+        std = model.log_std.exp().expand_as(out)
+        dist = torch.distributions.Independent(torch.distributions.Normal(out, std), 1)
+        actions = torch.randn(64, 3, generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(model.log_prob(out, actions), dist.log_prob(actions))
+        torch.testing.assert_close(model.entropy(out), dist.entropy())
+        # sampling: the empirical distribution of many draws from one state matches the policy's
+        torch.manual_seed(3)
+        one = out[:1].expand(20_000, -1)
+        draws = model.sample(one, deterministic=False)
+        if discrete:
+            freq = torch.bincount(draws, minlength=4).float() / len(draws)
+            torch.testing.assert_close(freq, torch.softmax(out[0], -1), atol=0.015, rtol=0)
+        else:
+            torch.testing.assert_close(draws.mean(0), out[0], atol=0.02, rtol=0)
+            torch.testing.assert_close(draws.std(0), model.log_std.exp(), atol=0.02, rtol=0)
+        assert torch.equal(model.sample(out, deterministic=True), out.argmax(-1) if discrete else out)
