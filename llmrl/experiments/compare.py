@@ -105,7 +105,7 @@ class RunResult:
     """Env steps trained."""
     wall_s: float
     metrics: dict[str, float] = field(default_factory=dict)
-    """The ELLM wrapper's counters (llm/calls, llm/hits, goals/prompts, reward/intrinsic, ...)."""
+    """The ELLM wrapper's counters (llm/calls, llm/hits, goals/prompts, goals/intrinsic_total, ...)."""
 
     def rolling(self, window: int = 100) -> tuple[np.ndarray, np.ndarray]:
         """(steps, success rate over the last `window` episodes), one point per episode from the
@@ -253,7 +253,7 @@ def markdown_table(results: Sequence[RunResult], *, level: float = 0.9, window: 
             f"| {m} | {reached}/{len(rs)} | {'>' if cens else ''}{med:,.0f} | {ratio} | "
             f"{np.mean([r.final_success(window) for r in rs]):.2f} | {np.mean([r.wall_s for r in rs]):.0f} | "
             f"{mean('goals/prompts'):.0f} | {mean('llm/calls'):.0f} | {mean('llm/hits'):.0f} | "
-            f"{mean('reward/intrinsic_per_step'):.4f} |"
+            f"{mean('goals/intrinsic_per_step'):.4f} |"
         )
     return "\n".join(rows)
 

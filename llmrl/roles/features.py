@@ -31,8 +31,8 @@ import numpy as np
 from gymnasium import spaces
 
 from llmrl.errors import ConfigError
-from llmrl.llm.base import LLM, UnsupportedOperationError
-from llmrl.roles.base import RoleWrapper, has_text, with_text
+from llmrl.llm.base import LLM
+from llmrl.roles.base import RoleWrapper, has_text, require_capabilities, with_text
 
 __all__ = [
     "LLMFeatures",
@@ -124,17 +124,13 @@ class LLMFeatures(RoleWrapper):
             raise ConfigError(f"memo_size={memo_size!r} must be >= 0 (0 turns the memo off).")
         if source == "text" and "{state}" not in template:
             raise ConfigError(f"template={template!r} has no '{{state}}' placeholder for the state text.")
-        caps = set(getattr(llm, "capabilities", ()))
-        if "features" not in caps:
-            raise UnsupportedOperationError(
-                f"{getattr(llm, 'name', llm)!r} cannot compute features (capabilities {sorted(caps)}); "
-                "use llmrl.llm.load('embedded') or an 'hf:' model."
-            )
-        if source == "image" and "images" not in caps:
-            raise UnsupportedOperationError(
-                f"source='image' needs an image-text model, and {getattr(llm, 'name', llm)!r} takes no "
-                "images; use source='text' (with WithText) or an 'hf:' LLaVA-NeXT model."
-            )
+        if source == "image":
+            require_capabilities(llm, ["features", "images"], "LLMFeatures(source='image')",
+                                 "source='image' needs an image-text model: use source='text' (with WithText) "
+                                 "or an 'hf:' LLaVA-NeXT model.")  # fmt: skip
+        require_capabilities(
+            llm, ["features"], "LLMFeatures", "use llmrl.llm.load('embedded') or an 'hf:' model."
+        )
         if kind == "logits":
             tokens = tuple(tokens) if tokens is not None else DEFAULT_TOKENS
             if not tokens:

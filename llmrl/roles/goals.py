@@ -24,7 +24,7 @@ import numpy as np
 
 from llmrl.errors import ConfigError
 from llmrl.llm.base import LLM
-from llmrl.roles.base import RoleWrapper
+from llmrl.roles.base import RoleWrapper, require_capabilities
 from llmrl.roles.registry import register_text_filter
 from llmrl.roles.registry import text_filter as resolve_text_filter
 
@@ -274,12 +274,8 @@ class ELLMGoals(RoleWrapper):
         needs = {"embed"} | (
             {"score"} if suggest == "rank" else {"generate"} if suggest == "generate" else set()
         )
-        caps = getattr(llm, "capabilities", None)
-        if caps is not None and not needs <= set(caps):
-            raise ConfigError(
-                f"ELLMGoals(suggest={suggest!r}) needs an LLM that can {sorted(needs)}; {llm.name!r} can "
-                f"{sorted(caps)}. Use llmrl.llm.load('embedded') or choose suggest='rank'/'oracle'."
-            )
+        require_capabilities(llm, sorted(needs), f"ELLMGoals(suggest={suggest!r})",
+                             "use llmrl.llm.load('embedded') or choose suggest='rank'/'oracle'.")  # fmt: skip
         self.llm, self.k, self.suggest, self.threshold, self.scale = llm, k, suggest, threshold, scale
         self.reward_similarity, self.manual, self.refresh = reward_similarity, manual or "", refresh
         self.goal_in_obs, self.extrinsic = goal_in_obs, extrinsic
@@ -443,8 +439,9 @@ class ELLMGoals(RoleWrapper):
                 "goals/refreshes": float(self._refreshes),
                 "goals/embeds": float(self.embeddings.calls),
                 "goals/achieved": float(self._achieved_total),
-                "reward/intrinsic": float(self._intrinsic_total),
-                "reward/intrinsic_per_step": self._intrinsic_total / max(self._steps, 1),
+                # a running total, so not `reward/intrinsic` (the reward roles' mean episode intrinsic return)
+                "goals/intrinsic_total": float(self._intrinsic_total),
+                "goals/intrinsic_per_step": self._intrinsic_total / max(self._steps, 1),
             }
         )
         return out

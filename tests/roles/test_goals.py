@@ -155,7 +155,7 @@ def test_ellm_rewards_suggested_goals_once_and_drops_them():
     assert infos[1]["goals"] == ["open the door", "reach the goal"]
     assert [i["intrinsic_reward"] for i in infos] == [0.0, 0.5, 0.0, 0.5, 0.5]
     m = env.llmrl_metrics()
-    assert m["goals/achieved"] == 3 and m["reward/intrinsic"] == 1.5
+    assert m["goals/achieved"] == 3 and m["goals/intrinsic_total"] == 1.5
     # event refresh: a prompt at reset and after each of the 2 captions -> 3 distinct prompts
     assert m["goals/prompts"] == 3 and len(llm.score_prompts) == 3
 
