@@ -16,6 +16,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from llmrl.envs.make import id_family
 from llmrl.errors import optional_import
 
 __all__ = [
@@ -35,12 +36,10 @@ __all__ = [
     "TOGGLE",
 ]
 
-MINIGRID_PREFIXES = ("MiniGrid-", "BabyAI-")
-
 
 def is_minigrid_id(env_id: str) -> bool:
     """True for MiniGrid and BabyAI ids (the family `minigrid_env` builds)."""
-    return env_id.startswith(MINIGRID_PREFIXES)
+    return id_family(env_id) == "minigrid"
 
 
 class FlatImage(gym.ObservationWrapper):

@@ -39,7 +39,7 @@ __all__ = [
     "DEFAULT_TEMPLATE",
     "DEFAULT_TOKENS",
     "DEFAULT_PROMPT",
-    "is_image_space",
+    "is_rgb_frame_space",
     "has_text",
 ]
 
@@ -57,8 +57,9 @@ Source = Literal["text", "image"]
 Kind = Literal["hidden", "logits"]
 
 
-def is_image_space(space: gym.Space) -> bool:
-    """True for an RGB frame space: uint8 Box of shape (H, W, 3)."""
+def is_rgb_frame_space(space: gym.Space) -> bool:
+    """True for an RGB frame space: uint8 Box of shape (H, W, 3) (what an image-text model reads;
+    `llmrl.nets.is_image_space` is wider: any uint8 Box of rank 2 or 3, what a conv net reads)."""
     return (
         isinstance(space, spaces.Box)
         and space.dtype == np.uint8
@@ -152,7 +153,7 @@ class LLMFeatures(RoleWrapper):
         self._last_feat = np.zeros((n, self.dim), dtype=np.float32)
         self._last_key: list[Any] = [None] * n
         self._since = np.zeros(n, dtype=np.int64)
-        self._inner_is_image = is_image_space(
+        self._inner_is_image = is_rgb_frame_space(
             env.single_observation_space if self.is_vector else env.observation_space  # type: ignore[union-attr]
         )
 
@@ -273,7 +274,7 @@ class LLMFeatures(RoleWrapper):
         space = (
             env.single_observation_space if isinstance(env, gym.vector.VectorEnv) else env.observation_space
         )
-        shape = tuple(space.shape or ()) if is_image_space(space) else (64, 64, 3)
+        shape = tuple(space.shape or ()) if is_rgb_frame_space(space) else (64, 64, 3)
         return np.zeros(shape, dtype=np.uint8)
 
     # -- counters --------------------------------------------------------------------------------
