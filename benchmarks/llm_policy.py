@@ -40,7 +40,7 @@ import llmrl
 from llmrl.agents import PPO
 from llmrl.evaluate import evaluate
 from llmrl.llm.hf import HFLLM
-from llmrl.roles.policy import GLAM_ACTIONS, LLMPolicy, _inject_lora
+from llmrl.roles.policy import GLAM_ACTIONS, LLMPolicy, _entry_bytes, _inject_lora
 
 MACHINE = "2-core AMD EPYC (avx512_bf16, no AMX), machine shared with other jobs"
 LEARN_ENV = "BabyAI-GoToRedBallNoDists-v0"
@@ -121,6 +121,35 @@ class FlatSymbolic(gym.ObservationWrapper):
 
 
 # -- helpers ----------------------------------------------------------------------------------------------
+
+
+def save_cache(policy: LLMPolicy, path: str) -> None:
+    """The policy's cached frozen computations, keyed by prompt text (they are exact, so a later run with the
+    same model and mode can start from them instead of paying every first visit again)."""
+    from safetensors.torch import save_file
+
+    tensors, meta = {}, []
+    for key, entry in policy._cache.items():
+        parts = []
+        for j, x in enumerate(entry):
+            if isinstance(x, torch.Tensor):
+                tensors[f"{len(meta)}.{j}"] = x.contiguous()
+            parts.append(None if isinstance(x, torch.Tensor) else x)
+        meta.append([policy.texts[key], parts])
+    save_file(tensors, path, metadata={"entries": json.dumps(meta), "mode": policy.train_mode})
+
+
+def load_cache(policy: LLMPolicy, path: str) -> int:
+    from safetensors import safe_open
+
+    if not Path(path).is_file():
+        return 0
+    with safe_open(path, "pt") as f:
+        meta = json.loads(f.metadata()["entries"])
+        for i, (text, parts) in enumerate(meta):
+            entry = tuple(f.get_tensor(f"{i}.{j}") if p is None else p for j, p in enumerate(parts))
+            policy._remember(policy.texts.intern(text), entry, _entry_bytes(entry))
+    return len(meta)
 
 
 def make_policy(llm: HFLLM, **kw: Any) -> LLMPolicy:
@@ -204,9 +233,13 @@ def train_run(env_id: str, seed: int, steps: int, args: argparse.Namespace, run_
     env = policy.wrap(llmrl.make(env_id, num_envs=args.envs))
     settings = dict(PPO_SETTINGS, n_steps=args.n_steps, learning_rate=args.lr, n_epochs=args.epochs)
     agent = PPO(env, policy=policy, seed=seed, **settings)
+    if args.cache_file:
+        print("cached states loaded:", load_cache(policy, args.cache_file), flush=True)
     if before is not None:
         before(agent, policy)
     agent.learn(steps, progress_bar=False, run_dir=run_dir)
+    if args.cache_file:
+        save_cache(policy, args.cache_file)
     return agent, policy
 
 
@@ -224,7 +257,8 @@ def bench_learn(args: argparse.Namespace) -> dict[str, Any]:
 
     run_dir = Path(args.run_dir) if args.run_dir else Path(tempfile.mkdtemp()) / "run"
     t0 = time.perf_counter()
-    agent, policy = train_run(env_id, args.seed, args.steps, args, run_dir, before=zero_shot)
+    agent, policy = train_run(env_id, args.seed, args.steps, args, run_dir,
+                              before=None if args.no_zero_shot else zero_shot)  # fmt: skip
     out["train_wall_s"] = round(time.perf_counter() - t0, 1)
     steps, succ = episodes(run_dir)
     out["training_success"] = rolling(steps, succ, every=max(args.steps // 10, 1))
@@ -317,6 +351,10 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=64, help="episode step cap per level (tasks)")
     parser.add_argument("--checkpoint", default=None, help="fine-tuned agent to evaluate (tasks)")
     parser.add_argument("--save", default=None, help="save the fine-tuned agent here (learn)")
+    parser.add_argument("--no-zero-shot", action="store_true", help="learn: skip the zero-shot evaluation")
+    parser.add_argument(
+        "--cache-file", default=None, help="learn: start from / save the policy's state cache"
+    )
     parser.add_argument("--run-dir", default=None, help="training log folder (learn)")
     parser.add_argument("--out", default=None, help="write the result JSON here")
     args = parser.parse_args()

@@ -260,6 +260,11 @@ def build_env(
     return make_role(cfg.role, env, llm, **role_options(cfg), **(role_kwargs or {})), llm
 
 
+def _policy_module(env: Any) -> Any:
+    """The policy module a role brings for the agent (the `policy` role: the LLM policy), else None."""
+    return getattr(env, "policy", None)
+
+
 def agent_class(algo: str) -> type:
     """The agent class of `algo` ("ppo" or "dqn")."""
     from llmrl.agents.dqn import DQN
@@ -310,9 +315,9 @@ def train_run(
     if cfg.resume:
         if not checkpoint.exists():
             raise ConfigError(f"nothing to resume: {checkpoint} does not exist")
-        agent = cls.load(checkpoint, env=env)
+        agent = cls.load(checkpoint, env=env, policy=_policy_module(env))
     else:
-        agent = cls(env, seed=cfg.seed, **cfg.algo_config())
+        agent = cls(env, seed=cfg.seed, policy=_policy_module(env), **cfg.algo_config())
     run.mkdir(parents=True, exist_ok=True)
     (run / "config.yaml").write_text(yaml.safe_dump(config_data(cfg), sort_keys=False))
 
@@ -347,7 +352,7 @@ def evaluate_run(cfg: EvalConfig) -> dict[str, float]:
     run = Path(cfg.run)
     tcfg = saved_config(run)
     env, _llm = build_env(tcfg, num_envs=1)
-    agent: Any = agent_class(tcfg.algo).load(run / "checkpoint", env=env)  # type: ignore[attr-defined]
+    agent: Any = agent_class(tcfg.algo).load(run / "checkpoint", env=env, policy=_policy_module(env))  # type: ignore[attr-defined]
     result = evaluate(agent, env, n_episodes=cfg.episodes, deterministic=cfg.deterministic, seed=cfg.seed)
     print(f"{tcfg.env}: mean return {result.mean:.2f} ± {result.std:.2f} over {cfg.episodes} episodes")
     summary = {"mean": float(result.mean), "std": float(result.std), "episodes": cfg.episodes}
@@ -362,7 +367,7 @@ def gif(cfg: GifConfig, *, llm: Any = None) -> Path:
     run = Path(cfg.run)
     tcfg = saved_config(run)
     env, llm = build_env(tcfg, num_envs=1, render_mode="rgb_array", llm=llm)
-    agent: Any = agent_class(tcfg.algo).load(run / "checkpoint", env=env)  # type: ignore[attr-defined]
+    agent: Any = agent_class(tcfg.algo).load(run / "checkpoint", env=env, policy=_policy_module(env))  # type: ignore[attr-defined]
     annotate = None
     if cfg.advice and llm is not None:
         from llmrl.roles import Advisor

@@ -49,6 +49,7 @@ __all__ = [
     "LLMPolicy",
     "TextIds",
     "TextTable",
+    "PolicyRole",
     "GLAM_ACTIONS",
     "DEFAULT_TEMPLATE",
     "action_names",
@@ -67,14 +68,18 @@ Normalise = Literal["sum", "token", "word"]
 
 
 def action_names(env: Any) -> tuple[str, ...]:
-    """The action strings for `env`: GLAM's words for MiniGrid/BabyAI, else `get_action_meanings()`."""
-    base = getattr(env, "unwrapped", env)
+    """The action strings for `env` (single or vector): GLAM's words for MiniGrid/BabyAI, else the env's
+    `get_action_meanings()`."""
+    e = env
+    while isinstance(getattr(e, "env", None), (gym.Env, gym.vector.VectorEnv)):  # down the wrapper chain
+        e = e.env
+    base = (getattr(e, "envs", None) or [e])[0]  # a sync vector env's first env
+    base = getattr(base, "unwrapped", base)
     if type(base).__module__.startswith("minigrid"):
         return GLAM_ACTIONS
-    for e in (env, base, *(getattr(env, "envs", None) or ())):
-        meanings = getattr(getattr(e, "unwrapped", e), "get_action_meanings", None)
-        if meanings is not None:
-            return tuple(str(m).lower().replace("_", " ") for m in meanings())
+    meanings = getattr(base, "get_action_meanings", None)
+    if meanings is not None:
+        return tuple(str(m).lower().replace("_", " ") for m in meanings())
     raise ConfigError(f"{type(base).__name__} has no action names; pass actions=[...] to LLMPolicy")
 
 
@@ -255,6 +260,11 @@ class LLMPolicy(nn.Module):
             self._build_trainable(train, lora_layers, lora_rank, lora_alpha, lora_targets, value_hidden)
         self.register_buffer("out_rows", self.stack.output_rows(self.unique_ids) if vocab == "actions" else None,
                              persistent=False)  # fmt: skip
+        # the heads read the last hidden state minus the same state under a content-free prompt (no state text):
+        # a base model's final states differ little between states next to what all prompts share, and
+        # without the shared part taken out the heads could barely tell states apart (DESIGN: calibrate
+        # against a content-free prompt). Fixed at construction, so it is exact on every reload.
+        self.register_buffer("feature_offset", self._content_free_hidden(), persistent=False)
 
     def _build_trainable(self, train, lora_layers, lora_rank, lora_alpha, lora_targets, value_hidden) -> None:
         net, d = self.net, self.stack.hidden
@@ -280,6 +290,15 @@ class LLMPolicy(nn.Module):
                 nn.init.zeros_(head.weight)
                 nn.init.zeros_(head.bias)
                 self.logit_head = nn.Sequential(nn.LayerNorm(d, elementwise_affine=False), head)
+
+    def _content_free_hidden(self) -> torch.Tensor:
+        """Final hidden state (d,) at the last token of the prompt with an empty state."""
+        with torch.inference_mode(False), torch.no_grad():
+            ids = list(self.llm.tokenizer(self.prompt(""))["input_ids"])
+            seq = torch.tensor(ids + [t for a in self.action_ids for t in a])
+            mask, pos = self._mask_positions([len(ids)], len(seq))
+            h = self.stack.run(self.stack.embed(seq[None]), 0, len(self.stack.layers), mask, pos)
+            return self.stack.final_norm(h[0, len(ids) - 1]).float().clone()
 
     # -- prompts and the env side ------------------------------------------------------------------------
 
@@ -318,6 +337,7 @@ class LLMPolicy(nn.Module):
             cached = [self._entry(k) for k in keys]
             prior = torch.stack([c[0] for c in cached])  # (B, n)
             h = torch.stack([c[1] for c in cached])  # (B, d) final hidden state, last prompt token
+            h = h - self.feature_offset
             logits = prior + self.logit_head(h) if self.train_mode == "heads" else prior
             value = self.value_head(h).squeeze(-1)
         else:
@@ -456,7 +476,7 @@ class LLMPolicy(nn.Module):
         else:
             h = stack.run(x, self.first_trained, last + 1, mask, pos)
             h = stack.final_norm(h[torch.arange(len(entries))[:, None], rows])
-        value = self.value_head(h[:, 0].float()).squeeze(-1)
+        value = self.value_head(h[:, 0].float() - self.feature_offset).squeeze(-1)
         return self._action_scores(h), value
 
     def _check_prompt_length(self, tok: Any) -> None:
@@ -607,3 +627,29 @@ class _Stack:
         if self.softcap:
             out = torch.tanh(out / self.softcap) * self.softcap
         return out
+
+
+class PolicyRole(TextIds):
+    """`LLMPolicy` as a registered role (`llmrl train --role policy`, a preset's `role: policy`): builds the
+    policy for `env` and wraps the env with its prompt ids; the agent takes the module from `env.policy`.
+
+    The LLM given is used as it is when it can give gradients (`hf:<model>`); with `train="lora"` or
+    `"heads"` the embedded llama.cpp model is swapped for the same GGUF de-quantised through transformers.
+    `actions` defaults to `action_names(env)`; the other options are `LLMPolicy`'s.
+    """
+
+    def __init__(self, env: Any, llm: Any, *, actions: Sequence[str] | None = None, train: Train = "heads",
+                 **options: Any) -> None:  # fmt: skip
+        llm = getattr(llm, "backend", None) or llm  # a cost-control wrapper: the model behind it
+        from llmrl.llm.llamacpp import EMBEDDED_NAME
+
+        if (
+            train != "none"
+            and getattr(llm, "module", None) is None
+            and getattr(llm, "name", "") == EMBEDDED_NAME
+        ):
+            from llmrl.llm.hf import HFLLM
+
+            llm = HFLLM.from_gguf()
+        names = tuple(actions) if actions is not None else action_names(env)
+        super().__init__(env, LLMPolicy(llm, names, train=train, **options))
