@@ -333,3 +333,17 @@ def test_gif_panel_shows_the_policy_action_probabilities(tmp_path):
     buf = io.StringIO()
     render_terminal(agent, env, max_steps=2, seed=0, file=buf)
     assert "p: " in buf.getvalue() and "*right=" in buf.getvalue()
+
+
+def test_policy_role_trains_evaluates_and_draws_through_the_experiments_layer(tiny_gemma, tmp_path):
+    """`llmrl train --role policy` (here the grid-llm-policy preset on the tiny model): the role brings the
+    policy module, and eval and gif rebuild it to load the checkpoint."""
+    from llmrl.experiments import load_preset, train_config
+    from llmrl.experiments.run import EvalConfig, GifConfig, evaluate_run, gif, train
+
+    data = {**load_preset("grid-llm-policy"), "llm": f"hf:{tiny_gemma}", "steps": 64, "num_envs": 2,
+            "out": tmp_path / "run", "progress": False, "ppo": {"n_steps": 16, "batch_size": 32, "n_epochs": 1}}  # fmt: skip
+    run = train(train_config(data))
+    assert (run / "checkpoint").is_dir()
+    assert evaluate_run(EvalConfig(run=run, episodes=2))["episodes"] == 2
+    assert gif(GifConfig(run=run, max_steps=3, advice=False)).stat().st_size > 0
