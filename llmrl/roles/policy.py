@@ -188,6 +188,7 @@ class LLMPolicy(nn.Module):
 
     norm: torch.Tensor
     out_rows: torch.Tensor | None
+    feature_offset: torch.Tensor
     llm: Any
     net: Any
 
