@@ -148,7 +148,10 @@ def load_cache(policy: LLMPolicy, path: str) -> int:
         meta = json.loads(f.metadata()["entries"])
         for i, (text, parts) in enumerate(meta):
             entry = tuple(f.get_tensor(f"{i}.{j}") if p is None else p for j, p in enumerate(parts))
-            policy._remember(policy.texts.intern(text), entry, _entry_bytes(entry))
+            key = policy.texts.intern(text)
+            policy._remember(key, entry, _entry_bytes(entry))
+            if policy.first_trained == len(policy.stack.layers):  # heads: the states count for the statistics
+                policy._count(key, entry[1])
     return len(meta)
 
 

@@ -189,6 +189,9 @@ class LLMPolicy(nn.Module):
     norm: torch.Tensor
     out_rows: torch.Tensor | None
     feature_offset: torch.Tensor
+    feat_n: torch.Tensor
+    feat_sum: torch.Tensor
+    feat_sq: torch.Tensor
     llm: Any
     net: Any
 
@@ -266,6 +269,15 @@ class LLMPolicy(nn.Module):
         # without the shared part taken out the heads could barely tell states apart (DESIGN: calibrate
         # against a content-free prompt). Fixed at construction, so it is exact on every reload.
         self.register_buffer("feature_offset", self._content_free_hidden(), persistent=False)
+        # heads mode: the features are standardised by their mean and spread over the distinct states seen so
+        # far (each state counted once, when first computed; saved with the policy, so a resumed run goes on
+        # with the same statistics). Subtracting the content-free prompt alone leaves what every state of a
+        # task shares (the mission), which dominated the features and collapsed the policy onto one action.
+        d = self.stack.hidden
+        self.register_buffer("feat_n", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("feat_sum", torch.zeros(d, dtype=torch.float64))
+        self.register_buffer("feat_sq", torch.zeros(d, dtype=torch.float64))
+        self._counted: set[int] = set()
 
     def _build_trainable(self, train, lora_layers, lora_rank, lora_alpha, lora_targets, value_hidden) -> None:
         net, d = self.net, self.stack.hidden
@@ -338,13 +350,28 @@ class LLMPolicy(nn.Module):
             cached = [self._entry(k) for k in keys]
             prior = torch.stack([c[0] for c in cached])  # (B, n)
             h = torch.stack([c[1] for c in cached])  # (B, d) final hidden state, last prompt token
-            h = h - self.feature_offset
+            h = self._standardise(h)
             logits = prior + self.logit_head(h) if self.train_mode == "heads" else prior
             value = self.value_head(h).squeeze(-1)
         else:
             logits, value = self._upper([self._entry(k) for k in keys])
         self._stats["seconds"] += time.perf_counter() - t0
         return logits, value
+
+    def _standardise(self, h: torch.Tensor) -> torch.Tensor:
+        """(h - mean) / std over the distinct states seen so far (before two: minus the content-free state)."""
+        if self.feat_n < 2:
+            return h - self.feature_offset
+        mean = self.feat_sum / self.feat_n
+        var = (self.feat_sq / self.feat_n - mean**2).clamp_(min=0.0)
+        return ((h.double() - mean) / (var.sqrt() + 1e-3)).to(h.dtype)
+
+    def _count(self, key: int, h: torch.Tensor) -> None:
+        if key not in self._counted:
+            self._counted.add(key)
+            self.feat_n += 1
+            self.feat_sum += h.double()
+            self.feat_sq += h.double() ** 2
 
     def _zero_shot(self, key: int) -> torch.Tensor:
         hit = self._cache.get(key)
@@ -447,6 +474,7 @@ class LLMPolicy(nn.Module):
             else:
                 h = stack.final_norm(h[0, self._rows([P])[0]])[None]  # (1, R, d)
                 entry = (self._action_scores(h)[0], h[0, 0].float().clone())
+                self._count(key, entry[1])
                 size = (self.n + h.shape[-1]) * 4
         self._remember(key, entry, size)
         return entry
@@ -495,10 +523,11 @@ class LLMPolicy(nn.Module):
     # -- checkpoints: adapters, heads and the text table (the ids in the rollout refer to it) -------------
 
     def get_extra_state(self) -> Any:
-        return {"texts": list(self.texts.texts)}
+        return {"texts": list(self.texts.texts), "counted": sorted(getattr(self, "_counted", ()))}
 
     def set_extra_state(self, state: Any) -> None:
         self.texts.load(state["texts"])
+        self._counted = set(state.get("counted", ()))
         self._cache.clear()
         self._cached_bytes = 0
 
