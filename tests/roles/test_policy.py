@@ -4,7 +4,6 @@ same GGUF through transformers in the slow tier)."""
 
 from __future__ import annotations
 
-import csv
 import json
 
 import gymnasium as gym
