@@ -282,10 +282,11 @@ def bench_gotolocal(args: argparse.Namespace) -> dict[str, Any]:
     for seed in args.seeds:
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
-            _, policy = train_run(env_id, seed, args.steps, args, Path(tmp) / "llm")
-            steps, succ = episodes(Path(tmp) / "llm")
-            out[f"llm-policy/seed{seed}"] = {"success": rolling(steps, succ, every=max(args.steps // 10, 1)),
-                                             "wall_s": round(time.perf_counter() - t0, 1)}  # fmt: skip
+            if not args.symbolic_only:
+                _, policy = train_run(env_id, seed, args.steps, args, Path(tmp) / "llm")
+                steps, succ = episodes(Path(tmp) / "llm")
+                out[f"llm-policy/seed{seed}"] = {"success": rolling(steps, succ, every=max(args.steps // 10, 1)),
+                                                 "wall_s": round(time.perf_counter() - t0, 1), **policy.metrics()}  # fmt: skip
             t0 = time.perf_counter()
             venv = gym.vector.SyncVectorEnv([lambda: FlatSymbolic(llmrl.make(env_id))] * args.envs)
             sym = PPO(venv, seed=seed, **dict(PPO_SETTINGS, n_steps=args.n_steps, learning_rate=3e-4))
@@ -354,6 +355,7 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=64, help="episode step cap per level (tasks)")
     parser.add_argument("--checkpoint", default=None, help="fine-tuned agent to evaluate (tasks)")
     parser.add_argument("--save", default=None, help="save the fine-tuned agent here (learn)")
+    parser.add_argument("--symbolic-only", action="store_true", help="gotolocal: the symbolic PPO side only")
     parser.add_argument("--no-zero-shot", action="store_true", help="learn: skip the zero-shot evaluation")
     parser.add_argument(
         "--cache-file", default=None, help="learn: start from / save the policy's state cache"
