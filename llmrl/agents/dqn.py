@@ -30,7 +30,7 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from llmrl.agents.base import Agent, check
+from llmrl.agents.base import Agent, check, check_numbers
 from llmrl.buffers import ReplayBatch, ReplayBuffer
 from llmrl.errors import ConfigError
 from llmrl.nets import Flatten, Obs, StackedMLP, build_encoder, has_image, mlp, obs_to_tensor, tree_map
@@ -95,6 +95,7 @@ class DQNConfig:
     """Env steps per training iteration: how often metrics are logged and callbacks run."""
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         pos_int = "use an integer >= 1"
         for name in ("batch_size", "buffer_size", "train_freq", "gradient_steps", "target_update_interval",
                      "n_step", "log_interval"):  # fmt: skip

@@ -32,6 +32,7 @@ from gymnasium import spaces
 
 from llmrl.errors import ConfigError
 from llmrl.llm.base import LLM, UnsupportedOperationError
+from llmrl.llm.cache import checked
 from llmrl.roles.base import RoleWrapper, has_text, with_text
 
 __all__ = [
@@ -139,7 +140,7 @@ class LLMFeatures(RoleWrapper):
             tokens = tuple(tokens) if tokens is not None else DEFAULT_TOKENS
             if not tokens:
                 raise ConfigError("tokens=() is empty; give the candidate next tokens for kind='logits'.")
-        self.llm, self.prompt, self.source, self.kind = llm, prompt, source, kind
+        self.llm, self.prompt, self.source, self.kind = checked(llm), prompt, source, kind
         self.tokens = tokens
         self.template, self.every, self.on_change = template, int(every), on_change
         self.normalize, self.memo_size, self.key = normalize, memo_size, key

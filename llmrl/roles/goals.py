@@ -31,6 +31,7 @@ import numpy as np
 
 from llmrl.errors import ConfigError
 from llmrl.llm.base import LLM
+from llmrl.llm.cache import checked
 from llmrl.roles.base import RoleWrapper
 
 __all__ = [
@@ -119,7 +120,7 @@ class EmbeddingCache:
     """Sentence embeddings of short strings (goals, captions), computed once each and batched."""
 
     def __init__(self, llm: LLM):
-        self.llm = llm
+        self.llm = checked(llm)
         self._vectors: dict[str, np.ndarray] = {}
         self.calls = 0
         """Strings sent to `llm.embed` (the rest came from this cache)."""
@@ -160,7 +161,13 @@ class GoalSuggester:
         max_tokens: int = 40,
         k: int = 3,
     ):
-        self.llm, self.mode, self.calibrate, self.max_tokens, self.k = llm, mode, calibrate, max_tokens, k
+        self.llm, self.mode, self.calibrate, self.max_tokens, self.k = (
+            checked(llm),
+            mode,
+            calibrate,
+            max_tokens,
+            k,
+        )
         self.template = template or (RANK_TEMPLATE if mode == "rank" else GENERATE_TEMPLATE)
         self._ranked: dict[tuple[str, tuple[str, ...]], list[tuple[str, float]]] = {}
         self._generated: dict[str, list[str]] = {}
@@ -284,7 +291,13 @@ class ELLMGoals(RoleWrapper):
                 f"ELLMGoals(suggest={suggest!r}) needs an LLM that can {sorted(needs)}; {llm.name!r} can "
                 f"{sorted(caps)}. Use llmrl.llm.load('embedded') or choose suggest='rank'/'oracle'."
             )
-        self.llm, self.k, self.suggest, self.threshold, self.scale = llm, k, suggest, threshold, scale
+        self.llm, self.k, self.suggest, self.threshold, self.scale = (
+            checked(llm),
+            k,
+            suggest,
+            threshold,
+            scale,
+        )
         self.reward_similarity, self.manual, self.refresh = reward_similarity, manual or "", refresh
         self.goal_in_obs, self.extrinsic, self.text_filter = goal_in_obs, extrinsic, text_filter
         self.candidates = candidates if candidates is not None else vocabulary_candidates
@@ -545,7 +558,7 @@ class SayCan:
         names = [s.name for s in skills]
         if len(set(names)) != len(names):
             raise ConfigError(f"SayCan skill names must be distinct; got {names}.")
-        self.llm, self.skills, self.instruction = llm, list(skills), instruction
+        self.llm, self.skills, self.instruction = checked(llm), list(skills), instruction
         self.template, self.calibrate, self.use_affordance = (
             template or self.TEMPLATE,
             calibrate,

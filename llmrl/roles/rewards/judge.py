@@ -37,7 +37,7 @@ import numpy as np
 
 from llmrl.errors import ConfigError
 from llmrl.llm.base import LLM
-from llmrl.roles.rewards.common import RewardRole, check_llm, yes_no_prompt_logit
+from llmrl.roles.rewards.common import BadOutputPolicy, RewardRole, check_llm, yes_no_prompt_logit
 
 __all__ = ["JudgeReward", "transcript"]
 
@@ -94,6 +94,8 @@ class JudgeReward(RewardRole):
         final_text: bool = False,
         max_lines: int = 1,
         max_calls: int | None = None,
+        on_bad_output: BadOutputPolicy = "raise",
+        fallback_reward: float = 0.0,
     ):
         """
         Args:
@@ -115,8 +117,11 @@ class JudgeReward(RewardRole):
                 accuracy on Grid/DoorKey episodes: 1.0 with the last event, 0.67-0.75 with the last 3;
                 benchmarks/rewards.py). Raise it for larger models or objectives about the whole episode.
             max_calls: budget of LLM prompts for this role; beyond it verdicts are `fallback`.
+            on_bad_output, fallback_reward: what a bad LLM answer (NaN, wrong count) does; see RewardRole.
         """
-        super().__init__(env, llm=llm, max_calls=max_calls)
+        super().__init__(
+            env, llm=llm, max_calls=max_calls, on_bad_output=on_bad_output, fallback_reward=fallback_reward
+        )
         if method not in ("channel", "score", "generate"):
             raise ConfigError(f"method must be 'channel', 'score' or 'generate', got {method!r}.")
         if output not in ("binary", "probability"):

@@ -29,7 +29,7 @@ from torch import nn
 
 from llmrl.errors import ConfigError
 from llmrl.llm.base import LLM
-from llmrl.roles.rewards.common import RewardRole, check_llm, log
+from llmrl.roles.rewards.common import BadOutputPolicy, RewardRole, check_llm, log
 
 __all__ = ["PreferenceReward"]
 
@@ -60,6 +60,8 @@ class PreferenceReward(RewardRole):
         max_texts: int = 5000,
         seed: int = 0,
         max_calls: int | None = None,
+        on_bad_output: BadOutputPolicy = "raise",
+        fallback_reward: float = 0.0,
     ):
         """
         Args:
@@ -75,8 +77,11 @@ class PreferenceReward(RewardRole):
             max_texts: distinct texts kept for pair sampling.
             seed: seeds pair sampling and the MLP.
             max_calls: budget of scored prompts; pairs beyond it are not labelled.
+            on_bad_output, fallback_reward: what a bad LLM answer (NaN, wrong count) does; see RewardRole.
         """
-        super().__init__(env, llm=llm, max_calls=max_calls)
+        super().__init__(
+            env, llm=llm, max_calls=max_calls, on_bad_output=on_bad_output, fallback_reward=fallback_reward
+        )
         check_llm(llm, ["score", "embed"], "PreferenceReward")
         if not goal or not goal.strip():
             raise ConfigError("goal must state the goal in words, e.g. goal='The cat reaches the goal cell.'")
