@@ -364,17 +364,14 @@ class Agent:
         )
 
     def _kept(self) -> str:
-        step = self._last_save
-        return (
-            "The last checkpoint was not touched"
-            + (f" (step {step})." if step is not None else ".")
-            + " Nothing after it was saved."
-        )
+        if self._last_save is None:
+            return "Nothing of this run was saved."
+        return f"The last checkpoint (step {self._last_save}) was not touched."
 
     def _check_training(self, metrics: dict[str, float]) -> None:
         """Stop on a non-finite loss or weight before anything of this iteration is saved."""
         for key, value in metrics.items():
-            if key.startswith("loss/") and not math.isfinite(value):
+            if "loss" in key and not math.isfinite(value):
                 raise NonFiniteError(
                     f"{key} is {value} at step {self.num_timesteps}; lower learning_rate or check the rewards "
                     f"(min/max of this rollout in the log). {self._kept()}"

@@ -164,8 +164,9 @@ class RewardRole(RoleWrapper):
             self.counters["bad_outputs"] += 1
             if self.on_bad_output == "raise":
                 raise
-            log.warning("%s: %s; this step's intrinsic reward is the %s", type(self).__name__, err,
-                        self.on_bad_output)  # fmt: skip
+            if self.counters["bad_outputs"] == 1:  # once: the count is in the log from then on
+                log.warning("%s: %s -> on_bad_output=%r: going on (counted as %s/bad_outputs)",
+                            type(self).__name__, err, self.on_bad_output, self.metric_name)  # fmt: skip
             value = self.fallback_reward if self.on_bad_output == "fallback" else 0.0
             intr = np.full(len(rewards), value, dtype=np.float32)
         if not np.isfinite(intr).all():  # a role's own arithmetic must not smuggle NaN into training
