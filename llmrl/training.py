@@ -451,7 +451,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 # (TimeLimit, RecordEpisodeStatistics, ...) and simple pure-python envs (llmrl's Grid, MiniGrid's grid
 # is NOT covered: it is an object graph). Limits: state held in C (ALE emulator, Box2D, MuJoCo), in
 # other objects, or in subprocesses (AsyncVectorEnv) is not captured; resuming those continues from a
-# fresh reset instead (`set_env_state` returns False).
+# fresh reset instead (`set_env_state` returns False). Flat dicts of scalars (a role's counters) are
+# plain too. An object with other state (a role's fitted model, a describer's previous snapshot)
+# defines `llmrl_state() -> dict` (anything `to_serializable` takes) and `llmrl_set_state(dict)`.
 
 _SKIP = {"spec", "metadata", "render_mode", "_saved_kwargs", "_cached_spec", "_metadata"}
 
@@ -489,6 +491,14 @@ def _plain(value: Any) -> Any:
     """A snapshot of `value` if it is plain data, else a sentinel."""
     if value is None or isinstance(value, (bool, int, float, str, np.generic)):
         return value
+    if isinstance(value, dict):  # e.g. a role's counters; only flat str -> scalar dicts
+        flat = all(
+            isinstance(k, str)
+            and not k.startswith("__")
+            and (v is None or isinstance(v, (bool, int, float, str)))
+            for k, v in value.items()
+        )
+        return dict(value) if flat else _NOT_PLAIN
     if isinstance(value, np.ndarray):
         # numbers only: text arrays (e.g. the last state texts of WithText) are recomputed on the next step
         return value.copy() if value.dtype.kind in "biufc" else _NOT_PLAIN
@@ -523,7 +533,13 @@ def get_env_state(env: Any) -> list[dict[str, Any]]:
             snap = _plain(value)
             if snap is not _NOT_PLAIN:
                 attrs[key] = snap
-        out.append({"type": f"{type(obj).__module__}.{type(obj).__qualname__}", "attrs": attrs})
+        entry = {"type": f"{type(obj).__module__}.{type(obj).__qualname__}", "attrs": attrs}
+        hook = getattr(type(obj), "llmrl_state", None)
+        if (
+            hook is not None
+        ):  # state that is not a plain attribute (a role's fitted model, a describer's memory)
+            entry["state"] = hook(obj)
+        out.append(entry)
     return out
 
 
@@ -551,4 +567,6 @@ def set_env_state(env: Any, state: Iterable[dict[str, Any]]) -> bool:
                 obj.__dict__[key] = value.copy()
             else:
                 obj.__dict__[key] = value
+        if "state" in snap:
+            obj.llmrl_set_state(snap["state"])
     return True

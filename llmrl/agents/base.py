@@ -55,7 +55,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from torch import nn
 
 from llmrl.errors import CheckpointError, ConfigError, NonFiniteError
-from llmrl.nets import Obs, obs_to_tensor
+from llmrl.nets import Obs, has_image, obs_to_tensor
 from llmrl.training import (
     RunLogger,
     collect_env_metrics,
@@ -412,6 +412,8 @@ class Agent:
         if checkpoint_every is not None and run_dir is None:
             raise ConfigError("checkpoint_every needs run_dir (the checkpoint goes to run_dir/checkpoint).")
         self._require_env()
+        threads = torch.get_num_threads()
+        torch.set_num_threads(self._train_threads())  # restored below: a process-wide setting
         logger = RunLogger(run_dir, total_timesteps=total_timesteps, start_step=self.num_timesteps,
                            progress_bar=progress_bar)  # fmt: skip
         if self._obs is None:
@@ -433,7 +435,30 @@ class Agent:
                     break
         finally:
             logger.close()
+            torch.set_num_threads(threads)
         return self
+
+    def _train_threads(self) -> int:
+        """torch threads while training: 1 unless images or a torch-run LLM need more ($LLMRL_THREADS wins).
+
+        With torch's default (one thread a core) the small networks of vector-observation tasks spend
+        their time in OpenMP hand-offs, and when another process keeps one core busy (a second seed)
+        every hand-off waits for a time slice: PPO CartPole ran 34x slower on 2 cores. One thread is as
+        fast alone and unaffected by the neighbour (benchmarks/threads.py). Conv stacks and LLMs run by
+        torch (hf backend) in the env do use more cores, so those keep torch's default.
+        """
+        env_value = os.environ.get("LLMRL_THREADS", "")
+        if env_value.strip():
+            try:
+                n = int(env_value)
+            except ValueError:
+                n = 0
+            check(n >= 1, "LLMRL_THREADS", env_value, "use a whole number of threads >= 1 (or unset it)")
+            return n
+        torch_llm = any(
+            str(getattr(getattr(o, "llm", None), "name", "")).startswith("hf:") for o in env_chain(self.env)
+        )
+        return torch.get_num_threads() if torch_llm or has_image(self.observation_space) else 1
 
     # -- inference ----------------------------------------------------------------------------------------
 
@@ -509,12 +534,12 @@ class Agent:
         )
         agent._set_state(state["agent"])
         agent.num_timesteps = agent._last_save = state["num_timesteps"]
-        set_rng_state(state["rng"])
         if agent.env is not None and state["env"] is not None and set_env_state(agent.env, state["env"]):
             agent._obs = state["obs"]
             agent._autoreset = np.asarray(state["autoreset"], dtype=bool)
             agent._ep_return = np.asarray(state["ep_return"], dtype=np.float64)
             agent._ep_length = np.asarray(state["ep_length"], dtype=np.int64)
+        set_rng_state(state["rng"])  # last: restoring a role (building its model) may draw numbers
         return agent
 
 

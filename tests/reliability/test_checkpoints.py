@@ -49,9 +49,7 @@ def test_garbled_tensors_are_caught_by_the_checksum(saved, where):
     _one_line_error(saved, "tensors.safetensors does not match the checksum")
 
 
-@pytest.mark.parametrize(
-    "damage", ["truncate", "not_json", "edit", "binary", "empty", "missing", "list"]
-)
+@pytest.mark.parametrize("damage", ["truncate", "not_json", "edit", "binary", "empty", "missing", "list"])
 def test_broken_state_json(saved, damage):
     f = saved / "state.json"
     text = f.read_text()

@@ -65,4 +65,6 @@ def test_a_torn_last_line_is_dropped_on_resume(tmp_path):
     agent.learn(640, run_dir=tmp_path, progress_bar=False)
     steps = [int(s) for (s,) in _rows(tmp_path / "episodes.csv", ["step"])]
     assert steps[: len(before)] == [int(s) for (s,) in before] and steps == sorted(steps)
-    assert [int(float(s)) for (s,) in _rows(tmp_path / "metrics.csv", ["step"])] == sorted(set(int(float(s)) for (s,) in _rows(tmp_path / "metrics.csv", ["step"])))
+    assert [int(float(s)) for (s,) in _rows(tmp_path / "metrics.csv", ["step"])] == sorted(
+        set(int(float(s)) for (s,) in _rows(tmp_path / "metrics.csv", ["step"]))
+    )

@@ -134,15 +134,31 @@ class PreferenceReward(RewardRole):
         if self.labels_path is None or not self.labels_path.exists():
             return {}
         out = {}
-        for line in self.labels_path.read_text().splitlines():
-            if line.strip():
+        lines = self.labels_path.read_text(errors="replace").splitlines()
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
                 row = json.loads(line)
-                out[(row["a"], row["b"])] = float(row["p"])
+                out[(str(row["a"]), str(row["b"]))] = float(row["p"])
+            except (ValueError, KeyError, TypeError) as err:
+                if n == len(lines):  # torn by a kill while appending: that label is asked again
+                    log.warning("PreferenceReward: ignoring the torn last line of %s", self.labels_path)
+                    continue
+                raise ConfigError(
+                    f"{self.labels_path} line {n} is not a label ({type(err).__name__}: {err}); each line must be "
+                    '{"a": text, "b": text, "p": number}. Fix or delete that line (or the file: labels are asked again).'
+                ) from err
         return out
 
     def _save_label(self, a: str, b: str, p: float) -> None:
         if self.labels_path is not None:
             self.labels_path.parent.mkdir(parents=True, exist_ok=True)
+            if self.labels_path.exists():  # a kill mid-line left a torn last line: cut it off first
+                data = self.labels_path.read_bytes()
+                if data and not data.endswith(b"\n"):
+                    with self.labels_path.open("r+b") as f:
+                        f.truncate(data.rfind(b"\n") + 1)
             with self.labels_path.open("a") as f:
                 f.write(json.dumps({"a": a, "b": b, "p": p}) + "\n")
 
@@ -176,27 +192,24 @@ class PreferenceReward(RewardRole):
         if not pairs:
             raise ConfigError("No labelled pairs to train on (budget spent?); raise max_calls or n_pairs.")
         emb = {t: e for t, e in zip(texts, np.asarray(self.llm.embed(texts), dtype=np.float32))}
-        torch.manual_seed(self.seed)
         d = len(next(iter(emb.values())))
-        self.net = nn.Sequential(
-            nn.Linear(d, self.hidden),
-            nn.ReLU(),
-            nn.Linear(self.hidden, self.hidden),
-            nn.ReLU(),
-            nn.Linear(self.hidden, 1),
-        )
-        xa = torch.as_tensor(np.stack([emb[a] for a, _ in pairs]))  # (P, d)
-        xb = torch.as_tensor(np.stack([emb[b] for _, b in pairs]))  # (P, d)
-        y = torch.as_tensor(labels, dtype=torch.float32)  # (P,) soft P(a > b)
-        opt = torch.optim.Adam(self.net.parameters(), lr=self.lr, weight_decay=1e-4)
-        loss = torch.zeros(())
-        for _ in range(self.epochs):
-            # Bradley-Terry: P(a > b) = sigmoid(r(a) - r(b))
-            logits = (self.net(xa) - self.net(xb)).squeeze(-1)
-            loss = nn.functional.binary_cross_entropy_with_logits(logits, y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        # An agent's rollout may call this (at the end of the warm-up) inside torch.inference_mode,
+        # where nothing could train; and the MLP's seed must not reset the agent's global RNG stream.
+        with torch.inference_mode(False), torch.enable_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self.net = self._new_net(d)
+            xa = torch.as_tensor(np.stack([emb[a] for a, _ in pairs]))  # (P, d)
+            xb = torch.as_tensor(np.stack([emb[b] for _, b in pairs]))  # (P, d)
+            y = torch.as_tensor(labels, dtype=torch.float32)  # (P,) soft P(a > b)
+            opt = torch.optim.Adam(self.net.parameters(), lr=self.lr, weight_decay=1e-4)
+            loss = torch.zeros(())
+            for _ in range(self.epochs):
+                # Bradley-Terry: P(a > b) = sigmoid(r(a) - r(b))
+                logits = (self.net(xa) - self.net(xb)).squeeze(-1)
+                loss = nn.functional.binary_cross_entropy_with_logits(logits, y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
         with torch.no_grad():
             r = self.net(torch.as_tensor(np.stack(list(emb.values())))).squeeze(-1).numpy()
         self._mean, self._std = float(r.mean()), float(r.std() + 1e-6)
@@ -209,6 +222,29 @@ class PreferenceReward(RewardRole):
             float(loss.detach()),
         )
         return float(loss.detach())
+
+    def _new_net(self, d: int) -> nn.Module:
+        return nn.Sequential(
+            nn.Linear(d, self.hidden),
+            nn.ReLU(),
+            nn.Linear(self.hidden, self.hidden),
+            nn.ReLU(),
+            nn.Linear(self.hidden, 1),
+        )
+
+    def llmrl_state(self) -> dict[str, Any]:
+        """The fitted reward model and the labels, for checkpoints (counters, texts and the reward
+        normalisation are plain attributes, saved with the env state)."""
+        net = None if self.net is None else {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+        return {"net": net, "labels": [[a, b, p] for (a, b), p in self.labels.items()]}
+
+    def llmrl_set_state(self, state: dict[str, Any]) -> None:
+        self.labels = {(a, b): float(p) for a, b, p in state["labels"]}
+        if state["net"] is None:
+            self.net = None
+            return
+        self.net = self._new_net(int(state["net"]["0.weight"].shape[1]))
+        self.net.load_state_dict(state["net"])
 
     def reward_of(self, texts: Sequence[str]) -> np.ndarray:
         """coef * normalised reward-model output of each text (0 before fitting). Shape (n,)."""
