@@ -55,6 +55,7 @@ def run_once(threads: str) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--only", choices=["default", "llmrl"], help="run one of the two settings")
     args = ap.parse_args()
     import torch
 
@@ -65,6 +66,8 @@ def main() -> None:
     )
     print("| threads | alone (s, median) | busy neighbour (s, median) | slowdown |")
     print("|---|---:|---:|---:|")
+    if args.only:
+        settings = [settings[0] if args.only == "default" else settings[1]]
     for threads, label in settings:
         alone = statistics.median(run_once(threads) for _ in range(args.repeats))
         neighbour = subprocess.Popen([sys.executable, "-c", NEIGHBOUR])

@@ -152,9 +152,29 @@ def list_presets() -> dict[str, str]:
     """Preset name -> its one-line description."""
     out = {}
     for path in sorted(PRESET_DIR.glob("*.yaml")):
-        data = yaml.safe_load(path.read_text()) or {}
-        out[path.stem] = str(data.get("description", ""))
+        try:  # one broken preset must not hide the others
+            out[path.stem] = str(_load_yaml(path, "preset").get("description", ""))
+        except ConfigError as err:
+            out[path.stem] = f"(broken: {err})"
     return out
+
+
+def _load_yaml(path: Path, what: str) -> dict[str, Any]:
+    """A YAML mapping from `path`, or ConfigError naming the file, the problem and the fix."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as err:
+        problem = " ".join(str(err).split())[:200]
+        raise ConfigError(
+            f"{what} {path} cannot be read ({type(err).__name__}: {problem}); fix or restore it"
+        ) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{what} {path} must be a YAML mapping of settings, not a {type(data).__name__}; fix or restore it"
+        )
+    return data
 
 
 def load_preset(name: str) -> dict[str, Any]:
@@ -167,7 +187,7 @@ def load_preset(name: str) -> dict[str, Any]:
         close = difflib.get_close_matches(name, names, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"unknown preset {name!r}.{hint} Known presets: {', '.join(names)}")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = _load_yaml(path, "preset")
     data.pop("description", None)
     return data
 
@@ -179,11 +199,17 @@ def _train_config(data: dict[str, Any]) -> TrainConfig:
     unknown = set(data) - known
     if unknown:
         raise ConfigError(f"unknown setting(s) {sorted(unknown)}; known: {sorted(known)}")
-    ppo, dqn = PPOConfig(**data.pop("ppo", {})), DQNConfig(**data.pop("dqn", {}))
+    for key in ("ppo", "dqn", "role_args", "env_args"):
+        if not isinstance(data.get(key) or {}, dict):
+            raise ConfigError(f"{key} must be a mapping of settings, not {data[key]!r}")
+    try:
+        ppo, dqn = PPOConfig(**data.pop("ppo", None) or {}), DQNConfig(**data.pop("dqn", None) or {})
+    except TypeError as err:  # an unknown field
+        raise ConfigError(f"{err}".replace("__init__()", "ppo/dqn settings:")) from None
     if data.get("out") is not None:
-        data["out"] = Path(data["out"])
-    data["role_args"] = {k: str(v) for k, v in (data.get("role_args") or {}).items()}
-    data["env_args"] = {k: str(v) for k, v in (data.get("env_args") or {}).items()}
+        data["out"] = Path(str(data["out"]))
+    data["role_args"] = {str(k): str(v) for k, v in (data.get("role_args") or {}).items()}
+    data["env_args"] = {str(k): str(v) for k, v in (data.get("env_args") or {}).items()}
     return TrainConfig(ppo=ppo, dqn=dqn, **data)
 
 
@@ -252,7 +278,7 @@ def _saved_config(run: Path) -> TrainConfig:
         raise ConfigError(
             f"{run} is not a run folder (no config.yaml); train one with `llmrl train --out {run}`"
         )
-    return _train_config(yaml.safe_load(path.read_text()))
+    return _train_config(_load_yaml(path, "run config"))
 
 
 # -- commands --------------------------------------------------------------------------------------------
@@ -260,12 +286,19 @@ def _saved_config(run: Path) -> TrainConfig:
 
 def train(cfg: TrainConfig) -> Path:
     """Train, checkpoint into the run folder, write the learning curve; return the run folder."""
-    from llmrl.training import plot_learning_curve
+    from llmrl.training import plot_learning_curve, recover_checkpoint
 
     run = _run_dir(cfg)
     checkpoint = run / "checkpoint"
-    if run.exists() and (checkpoint.exists() and not cfg.resume):
-        raise ConfigError(f"{run} already holds a run; pass --resume to continue it or choose another --out")
+    if run.exists() and not run.is_dir():
+        raise ConfigError(
+            f"--out {run} is not a folder; pass a folder for the run (it is created if missing)"
+        )
+    recover_checkpoint(checkpoint)  # a save killed between its two renames
+    earlier = [n for n in ("checkpoint", "metrics.csv", "episodes.csv") if (run / n).exists()]
+    if earlier and not cfg.resume:
+        raise ConfigError(f"{run} already holds a run ({', '.join(earlier)}); pass --resume to continue it "
+                          "or choose another --out")  # fmt: skip
     env, _llm = build_env(cfg)
     cls = _agent_class(cfg.algo)
     if cfg.resume:
@@ -437,11 +470,24 @@ def _box_text(text: str) -> str:
     return " ".join(" ".join(body).split()) or text.strip()
 
 
+def gym_error() -> type[Exception]:
+    """Gymnasium's root error (bad env ids and arguments)."""
+    import gymnasium
+
+    return gymnasium.error.Error
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         run(argv)
     except LLMRLError as err:
         print(f"llmrl: error: {err}", file=sys.stderr)
+        return 2
+    except (OSError, MemoryError, yaml.YAMLError, gym_error()) as err:
+        # bad input met outside llmrl's own checks (a path that is not a folder, a YAML value, an env
+        # id Gymnasium refuses): still one line, no traceback
+        text = " ".join(str(err).split())[:300] or type(err).__name__
+        print(f"llmrl: error: {type(err).__name__}: {text}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into `head`
         return 0

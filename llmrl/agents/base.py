@@ -233,7 +233,8 @@ class Agent:
         **config: Any,
     ):
         self.config = self._make_config(config)
-        check(isinstance(seed, int) and not isinstance(seed, bool), "seed", seed, "pass an int")
+        check(isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**32, "seed", seed,
+              "pass an int from 0 to 2**32 - 1 (what Gymnasium and numpy accept)")  # fmt: skip
         self.seed = seed
         self.device = torch.device(device)
         if env is None and _spaces is None:
