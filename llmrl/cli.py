@@ -460,12 +460,17 @@ def _parse(config_cls: type, args: list[str], default: Any, name: str, descripti
 
 
 def _box_text(text: str) -> str:
-    """The body of tyro's error box, up to its first separator, as one line."""
-    body = []
-    for line in text.splitlines()[1:]:
-        inner = line.strip().strip("│").strip()
-        if inner.startswith("─") or line.strip().startswith("╰"):
-            break
+    """The body of tyro's error box, up to its first separator, as one line (the box is drawn with
+    Unicode lines on a terminal and with ASCII dashes when stderr is not one)."""
+    body: list[str] = []
+    for line in [x for x in text.splitlines() if x.strip()][1:]:  # the first line is the box's title
+        inner = line.strip().strip("│|").strip()
+        if not inner or inner.startswith("╰"):
+            continue
+        if set(inner) <= set("─-"):  # a separator: the message is above it
+            if body:
+                break
+            continue
         body.append(inner)
     return " ".join(" ".join(body).split()) or text.strip()
 

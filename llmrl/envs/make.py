@@ -194,8 +194,19 @@ def make(
         # Off-screen frames on a machine without a display: SDL's dummy video driver, which pygame-drawn
         # envs (classic control) need no more than that; without it SDL prints an XDG_RUNTIME_DIR error.
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
-    if num_envs == 1:
-        return _make_single(spec, atari_preprocessing, kwargs)
+    if num_envs == 1 or kwargs:
+        try:  # one env first when there are kwargs: a wrong keyword is reported once, by name
+            single = _make_single(spec, atari_preprocessing, kwargs)
+        except TypeError as err:
+            if not kwargs:
+                raise
+            raise ConfigError(
+                f"{spec.id} does not take the argument(s) {sorted(kwargs)} ({' '.join(str(err).split())[:160]}); "
+                "check their names against the environment's constructor"
+            ) from err
+        if num_envs == 1:
+            return single
+        single.close()
     if spec.entry_point == _ATARI_ENTRY_POINT:
         # The native ALE vector env always preprocesses; without preprocessing, sync envs are built below.
         venv = _make_atari_vector(spec, num_envs, kwargs) if atari_preprocessing else None
