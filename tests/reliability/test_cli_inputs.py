@@ -8,6 +8,7 @@ import shutil
 import pytest
 
 from llmrl import cli
+from llmrl.experiments import presets as preset_module
 
 OUT = ["--steps", "64", "--num-envs", "1", "--no-progress"]
 
@@ -94,10 +95,10 @@ def test_broken_config_yaml_is_one_line(name, tmp_path, capsys):
 
 def test_a_broken_preset_is_one_line_and_does_not_hide_the_others(tmp_path, capsys, monkeypatch):
     presets = tmp_path / "presets"
-    shutil.copytree(cli.PRESET_DIR, presets)
+    shutil.copytree(preset_module.PRESET_DIR, presets)
     (presets / "broken.yaml").write_text("description: [oops\n")
     (presets / "alist.yaml").write_text("- 1\n")
-    monkeypatch.setattr(cli, "PRESET_DIR", presets)
+    monkeypatch.setattr(preset_module, "PRESET_DIR", presets)
     assert cli.main(["presets"]) == 0
     out = capsys.readouterr().out
     assert "cartpole-ppo" in out and "broken" in out and "(broken:" in out

@@ -11,7 +11,7 @@ import pytest
 import llmrl
 from llmrl.envs import WithText
 from llmrl.llm import CachedLLM, LLMCache, LLMCacheError, LLMOutputError, load
-from llmrl.roles.goals import SayCan, Skill
+from llmrl.roles import SayCan, Skill
 from llmrl.roles.rewards import TextGoalReward
 
 
