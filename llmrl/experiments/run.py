@@ -306,14 +306,14 @@ def train_run(
     llm: an LLM object instead of loading `cfg.llm`; render_mode: of the training env (e.g. "rgb_array"
     to draw a GIF with it afterwards); overwrite: replace a finished run in `cfg.out` (else an error).
     """
-    from llmrl.training import plot_learning_curve
-
-    from llmrl.training import recover_checkpoint
+    from llmrl.training import plot_learning_curve, recover_checkpoint
 
     run = _run_dir(cfg)
     checkpoint = run / "checkpoint"
     if run.exists() and not run.is_dir():
-        raise ConfigError(f"--out {run} is not a folder; pass a folder for the run (it is created if missing)")
+        raise ConfigError(
+            f"--out {run} is not a folder; pass a folder for the run (it is created if missing)"
+        )
     recover_checkpoint(checkpoint)  # a save killed between its two renames
     earlier = [n for n in ("checkpoint", "metrics.csv", "episodes.csv") if (run / n).exists()]
     if earlier and not (cfg.resume or overwrite):

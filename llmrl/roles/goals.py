@@ -283,7 +283,13 @@ class ELLMGoals(RoleWrapper):
         )
         require_capabilities(llm, sorted(needs), f"ELLMGoals(suggest={suggest!r})",
                              "use llmrl.llm.load('embedded') or choose suggest='rank'/'oracle'.")  # fmt: skip
-        self.llm, self.k, self.suggest, self.threshold, self.scale = checked(llm), k, suggest, threshold, scale
+        self.llm, self.k, self.suggest, self.threshold, self.scale = (
+            checked(llm),
+            k,
+            suggest,
+            threshold,
+            scale,
+        )
         self.reward_similarity, self.manual, self.refresh = reward_similarity, manual or "", refresh
         self.goal_in_obs, self.extrinsic = goal_in_obs, extrinsic
         self.text_filter = resolve_text_filter(text_filter)

@@ -136,3 +136,12 @@ def test_a_damaged_sqlite_cache_is_one_named_error(tmp_path, faulty, damage):
         cache.get_many([f"k{i}" for i in range(10)])
         len(cache)
     assert "\n" not in str(info.value)
+
+
+def test_judge_without_state_text_is_an_error_not_a_silent_nothing_happened(faulty):
+    from llmrl.roles import JudgeReward
+
+    env = JudgeReward(llmrl.make("llmrl/Grid-v0"), load(faulty(None)), objective="Reach the goal.")
+    env.reset(seed=0)
+    with pytest.raises(llmrl.errors.ConfigError, match="WithText"):
+        env.step(0)

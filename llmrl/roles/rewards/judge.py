@@ -222,7 +222,12 @@ class JudgeReward(RewardRole):
                 self._captions[i] = []
                 self._last_verdict[i] = 0.0
                 continue
-            self._captions[i].append(str(infos[i].get(self.key, "") or ""))
+            if self.key not in infos[i]:  # else every episode would be judged on empty lines
+                raise ConfigError(
+                    f"JudgeReward reads info[{self.key!r}], which the env does not provide; "
+                    "wrap it with llmrl.envs.WithText(env) first."
+                )
+            self._captions[i].append(str(infos[i][self.key] or ""))
             ended = bool(terminated[i] or truncated[i])
             if ended or (self.every is not None and len(self._captions[i]) % self.every == 0):
                 due.append(i)
