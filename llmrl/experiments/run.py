@@ -263,7 +263,9 @@ def build_env(
     if llm is None:
         from llmrl import llm as llm_module
 
-        llm = llm_module.load(cfg.llm)
+        # the persistent cache (as the demo): a rerun or a resumed run gets a prompt's first answer again,
+        # which makes resuming exact even where a backend's answer depends on its batch (LLMFeatures)
+        llm = llm_module.load(cfg.llm, cache=True)
     return make_role(cfg.role, env, llm, **role_options(cfg), **(role_kwargs or {})), llm
 
 
