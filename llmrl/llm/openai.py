@@ -78,7 +78,9 @@ class OpenAILLM(Backend):
 
     model: the served model's name.
     base_url / api_key: default $OPENAI_BASE_URL / $OPENAI_API_KEY ("none" for local servers).
-    timeout: seconds one attempt may take in all (a server trickling bytes cannot stretch it).
+    timeout: seconds one attempt may take in all (a server trickling bytes cannot stretch it). The
+        default leaves room for a CPU server: llama.cpp's server spends ~0.5 s a token on echoed
+        log-probs of a 262k vocabulary (it sorts the vocabulary per token), more on a busy machine.
     deadline: seconds a request may take over all its attempts (default 2 * timeout): a hung server is
         reported (LLMUnavailableError) after at most this long.
     retries: attempts after the first (connection errors, timeouts, 5xx, 429); backoff: first wait (doubles).
@@ -96,7 +98,7 @@ class OpenAILLM(Backend):
         *,
         base_url: str | None = None,
         api_key: str | None = None,
-        timeout: float = 20.0,
+        timeout: float = 60.0,
         deadline: float | None = None,
         retries: int = 3,
         backoff: float = 0.5,
