@@ -139,7 +139,8 @@ class FixedLatencyLLM(Backend):
 
     def _wait(self, n: int) -> None:
         with self._count(n):
-            time.sleep(self.latency)
+            if self.latency > 0:  # sleep(0) still yields the core, which costs on a busy machine
+                time.sleep(self.latency)
         self.model_calls += 1
 
     def generate(self, prompts, *, max_tokens=32, temperature=0.0, stop=None, images=None) -> list[str]:
@@ -452,7 +453,7 @@ class _RolloutWorker:
 
     def rollout(self, weights: dict[str, np.ndarray]) -> dict[str, Any]:
         """One rollout with `weights`, as numpy arrays, plus the episodes that ended and the roles' metrics."""
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         agent = self.agent
         agent.model.load_state_dict(
             {k: torch.tensor(v) for k, v in weights.items()}
@@ -467,6 +468,7 @@ class _RolloutWorker:
             "episodes": episodes,
             "metrics": collect_env_metrics(agent.env),
             "seconds": time.perf_counter() - t0,
+            "cpu_seconds": time.process_time() - cpu0,
         }
 
 
@@ -644,6 +646,7 @@ class DistributedPPO:
                     "ray/rollout_s": t1 - t0, "ray/worker_s": slowest, "ray/overhead_s": t1 - t0 - slowest,
                     "ray/train_s": t2 - t1, "ray/chunks": float(len(chunks)),
                     "ray/rows": float(rollout.rewards.size),
+                    "ray/worker_cpu_s": sum(c["cpu_seconds"] for c in chunks),
                     "faults/worker_restarts": float(self.faults.worker_restarts),
                 })  # fmt: skip
                 logger.log(agent.num_timesteps, metrics)
