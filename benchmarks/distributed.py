@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import importlib.metadata as md
+import os
 import platform
 import random
 import statistics
@@ -81,6 +82,7 @@ def batching(ns: list[int], n_steps: int, iters: int) -> list[dict[str, float]]:
                 rollout_s = sum(m["ray/rollout_s"] for m in hist)
                 rows.append({
                     "workers": n,
+                    "load_avg_1min": os.getloadavg()[0],  # other jobs on the machine compete for its cores
                     "rollout_steps_per_s": sum(m["ray/rows"] for m in hist) / rollout_s,
                     "end_to_end_steps_per_s": steps / wall,
                     "backend_calls_per_step": (s1["server/backend_calls"] - s0["server/backend_calls"]) / steps,
@@ -116,11 +118,11 @@ def overhead(total_cartpole: int, total_grid: int, repeats: int) -> list[dict[st
         agent.learn(total, progress_bar=False)
         return time.perf_counter() - t0, agent.num_timesteps
 
-    def time_ray(make_env, cfg, total):
+    def time_ray(make_env, cfg, total, parts):
         trainer = DistributedPPO(make_env, workers=1, worker_cpus=1, seed=0, **cfg)
         try:
             t0 = time.perf_counter()
-            agent = trainer.learn(total, progress_bar=False)
+            agent = trainer.learn(total, progress_bar=False, callback=lambda a, m: parts.append(m))
             return time.perf_counter() - t0, agent.num_timesteps
         finally:
             trainer.close()
@@ -136,16 +138,23 @@ def overhead(total_cartpole: int, total_grid: int, repeats: int) -> list[dict[st
     try:
         for name, make_local, make_remote, cfg, total in cases:
             time_local(make_local, cfg, total // 8)  # warm-up: first-call costs of torch and the model
-            ratios, t_local, t_ray = [], [], []
+            t_local, t_ray, parts = [], [], []
             for _ in range(repeats):
                 a, steps_a = time_local(make_local, cfg, total)
-                b, steps_b = time_ray(make_remote or make_local, cfg, total)
+                b, steps_b = time_ray(make_remote or make_local, cfg, total, parts)
                 t_local.append(a / steps_a)
                 t_ray.append(b / steps_b)
-                ratios.append((b / steps_b) / (a / steps_a))
+            # the machine is shared: the fastest of the repeats is the least disturbed measurement
             out.append({
-                "run": name, "steps": total, "local_us_per_step": 1e6 * statistics.median(t_local),
-                "ray_us_per_step": 1e6 * statistics.median(t_ray), "overhead": statistics.median(ratios) - 1,
+                "run": name, "steps": total, "repeats": repeats,
+                "local_us_per_step_best": 1e6 * min(t_local), "ray_us_per_step_best": 1e6 * min(t_ray),
+                "overhead_best": min(t_ray) / min(t_local) - 1,
+                "overhead_median": statistics.median(t_ray) / statistics.median(t_local) - 1,
+                # where a Ray step's time goes (means over all iterations): the worker's rollout, Ray's
+                # calls and transfers, the learner's update
+                "worker_us_per_row": 1e6 * sum(m["ray/worker_s"] for m in parts) / sum(m["ray/rows"] for m in parts),
+                "ray_us_per_row": 1e6 * sum(m["ray/overhead_s"] for m in parts) / sum(m["ray/rows"] for m in parts),
+                "learner_us_per_row": 1e6 * sum(m["ray/train_s"] for m in parts) / sum(m["ray/rows"] for m in parts),
             })  # fmt: skip
     finally:
         server.close()
@@ -251,7 +260,7 @@ def main() -> None:
             print("\n## 1. Batching across workers (stand-in LLM, 50 ms per call)\n")
             print(md_table(rows))
         if 2 in parts:
-            rows = overhead(8_192 if q else 32_768, 1_024 if q else 4_096, repeats=1 if q else 3)
+            rows = overhead(8_192 if q else 32_768, 1_024 if q else 4_096, repeats=1 if q else 5)
             print("\n## 2. Overhead: one Ray worker vs in-process\n")
             print(md_table(rows))
         if 3 in parts:
