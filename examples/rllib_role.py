@@ -12,6 +12,7 @@ default models expect (one-hot). Each RLlib env runner builds its own env and LL
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 
@@ -34,11 +35,14 @@ def make_env(config: dict[str, Any]) -> Any:
 
 
 def train(iterations: int = 5, llm: str = "embedded", batch: int = 512) -> list[float]:
-    """Train RLlib's PPO for `iterations`; returns the mean episode return after each one."""
+    """Train RLlib's PPO for `iterations` (on the Ray this process is connected to); returns the mean
+    episode return after each one."""
     import ray
     from ray.rllib.algorithms.ppo import PPOConfig
     from ray.tune.registry import register_env
 
+    if __name__ != "__main__":  # imported: the env runners cannot import this file, send make_env by value
+        ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     register_env("llmrl-grid-manual", make_env)
     config = (
         PPOConfig()
@@ -56,7 +60,6 @@ def train(iterations: int = 5, llm: str = "embedded", batch: int = 512) -> list[
             print(f"iteration {i + 1}: episode return mean {ret:.3f}")
     finally:
         algo.stop()
-        ray.shutdown()
     return returns
 
 
@@ -68,4 +71,7 @@ if __name__ == "__main__":
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False)
-    train(args.iterations, args.llm)
+    try:
+        train(args.iterations, args.llm)
+    finally:
+        ray.shutdown()

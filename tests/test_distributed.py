@@ -220,3 +220,16 @@ def test_distributed_ppo_learns_cartpole_like_local_ppo(local_ray):
     r_dist = llmrl.evaluate(dist, eval_env, 10, seed=0).mean
     assert r_local >= 195
     assert r_dist >= 0.8 * r_local
+
+
+@pytest.mark.slow
+def test_rllib_ppo_trains_on_an_llmrl_role_wrapper(local_ray):
+    """The README's claim, as a new user would try it: RLlib's PPO on ManualReward over the Grid."""
+    pytest.importorskip("ray.rllib.algorithms.ppo")  # RLlib pins its own gymnasium: often not installed
+    sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
+    try:
+        import rllib_role
+    finally:
+        sys.path.pop(0)
+    returns = rllib_role.train(iterations=2, llm="fixed", batch=256)
+    assert len(returns) == 2
