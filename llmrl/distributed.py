@@ -286,7 +286,9 @@ class _LLMServerActor:
                     out[i] = e
                 continue
             for i in idx:
-                out[i] = [answers[unique[_item_key(item)]] for item in batch[i].items]
+                mine = [answers[unique[_item_key(item)]] for item in batch[i].items]
+                # vectors go back as one (n, d) array: one buffer to send instead of n small objects
+                out[i] = np.stack(mine) if group[0] in ("embed", "features") and mine else mine
         return out
 
     def _run(self, group: tuple, items: list) -> list:
@@ -307,6 +309,9 @@ class _LLMServerActor:
         feats = self.llm.features(prompts, images=images if has_images else None, kind=kind,
                                   tokens=list(tokens) if tokens is not None else None)  # fmt: skip
         return list(np.asarray(feats, dtype=np.float32))
+
+
+_HOST = socket.gethostname()
 
 
 class RemoteLLM:
@@ -333,10 +338,10 @@ class RemoteLLM:
         self.__dict__.update(state)
         self.stats = CallStats()
 
-    def _call(self, op: str, group: tuple, items: list) -> list:
+    def _call(self, op: str, group: tuple, items: list) -> Any:
         ray = _ray()
         t0 = time.perf_counter()
-        client = f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+        client = f"{_HOST}:{os.getpid()}:{threading.get_ident()}"  # the server waits for each active client
         out = ray.get(self._actor.call.remote(client, op, group, items))
         self.stats.calls += len(items)
         self.stats.seconds += time.perf_counter() - t0
@@ -353,7 +358,7 @@ class RemoteLLM:
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         out = self._call("embed", (), list(texts))
-        return np.stack(out) if out else np.zeros((0, 0), np.float32)
+        return np.array(out, dtype=np.float32) if len(out) else np.zeros((0, 0), np.float32)
 
     def features(self, prompts: Sequence[str], *, images: Sequence[Image | None] | None = None,
                  kind: Literal["hidden", "logits"] = "hidden", tokens: Sequence[str] | None = None) -> np.ndarray:  # fmt: skip
@@ -361,7 +366,7 @@ class RemoteLLM:
         toks = check_feature_args(kind, tokens)
         items = list(zip(prompts, check_images(images, len(prompts))))
         out = self._call("features", (kind, tuple(toks) if kind == "logits" else None), items)
-        return np.stack(out) if out else np.zeros((0, 0), np.float32)
+        return np.array(out, dtype=np.float32) if len(out) else np.zeros((0, 0), np.float32)
 
 
 class LLMServer:
