@@ -97,12 +97,13 @@ def init(address: str | None = None, *, num_cpus: int | None = None, **kwargs: A
         return
     if address is None:
         kwargs.setdefault("num_cpus", num_cpus)
+        # a local Ray's workers import llmrl from the driver's path (a source checkout wins over an
+        # installed copy); a cluster's nodes have their own install (or pass runtime_env=...)
+        if os.environ.get("PYTHONPATH"):
+            kwargs.setdefault("runtime_env", {"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}})
     kwargs.setdefault("include_dashboard", False)
     kwargs.setdefault("logging_level", "warning")
-    # workers import llmrl from the driver's path (a source checkout wins over an installed copy)
-    env_vars = {"PYTHONPATH": os.environ.get("PYTHONPATH", "")}
-    runtime_env = {"env_vars": {k: v for k, v in env_vars.items() if v}}
-    ray.init(address=address, runtime_env=runtime_env, **kwargs)
+    ray.init(address=address, **kwargs)
 
 
 def shutdown() -> None:
@@ -145,7 +146,7 @@ class FixedLatencyLLM(Backend):
 
     def generate(self, prompts, *, max_tokens=32, temperature=0.0, stop=None, images=None) -> list[str]:
         self._wait(len(prompts))
-        return [f" {abs(hash(p)) % 97}" for p in prompts]
+        return [f" {int(abs(self._vec(p)[0]) * 1000) % 97}" for p in prompts]  # same in every process
 
     def score(self, prompt: str, continuations: Sequence[str]) -> np.ndarray:
         self._wait(len(continuations))

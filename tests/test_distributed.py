@@ -137,7 +137,13 @@ def test_llm_server_batches_workers_calls_dedups_and_keeps_its_cache_across_a_re
         assert s["server/batches"] <= 2  # one backend call for (nearly) all four callers
         assert s["server/unique"] <= s["server/inputs"] - 1  # "shared state" went to the model once per batch
 
-        started = s["server/started"]
+        # the other operations go through the server unchanged
+        assert llm.generate(["Q: 2+2? A:", "Hi"], max_tokens=4) == direct.generate(["Q: 2+2? A:", "Hi"])
+        assert np.allclose(
+            llm.score("The sky is", [" blue", " green"]), direct.score("The sky is", [" blue", " green"])
+        )
+        assert llm.embed(["a cat", "a dog"]).shape == (2, 8)
+        started = server.stats()["server/started"]
         server.kill()  # Ray restarts it; the next call waits for it
         again = llm.features(["state 0", "shared state"])
         assert np.allclose(again, out[0])
