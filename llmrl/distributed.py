@@ -507,15 +507,16 @@ class DistributedPPO:
         included); it is pickled to the workers, so build LLMs inside it or use an `LLMServer.client()`.
     workers: rollout workers. Each iteration gathers n_steps x (envs per worker) x workers steps.
     worker_cpus: Ray CPUs reserved per worker (fractions let many workers that mostly wait on the
-        LLM share a core).
+        LLM share a core); None: 1, or less when the cluster has fewer CPUs than workers.
     ray_address: an existing cluster ("auto", "ray://head:10001"); None starts a local Ray.
     max_restarts: replacements of one worker within one iteration before the run gives up.
     seed, policy, device, **config: as `llmrl.PPO` (device is the learner's; workers act on CPU).
     """
 
     def __init__(self, make_env: EnvFn, *, workers: int = 2, seed: int = 0, policy: torch.nn.Module | None = None,
-                 device: str | torch.device = "cpu", worker_cpus: float = 1.0, ray_address: str | None = None,
-                 max_restarts: int = 3, _agent: PPO | None = None, **config: Any):  # fmt: skip
+                 device: str | torch.device = "cpu", worker_cpus: float | None = None,
+                 ray_address: str | None = None, max_restarts: int = 3, _agent: PPO | None = None,
+                 **config: Any):  # fmt: skip
         if not callable(make_env):
             raise ConfigError(
                 f"make_env={make_env!r} must be a function that builds the env (it runs in each worker), "
@@ -523,8 +524,8 @@ class DistributedPPO:
             )
         if not (isinstance(workers, int) and not isinstance(workers, bool) and workers > 0):
             raise ConfigError(f"workers={workers!r} is invalid: use a positive int")
-        if not worker_cpus >= 0:
-            raise ConfigError(f"worker_cpus={worker_cpus!r} is invalid: use a number >= 0")
+        if worker_cpus is not None and not worker_cpus >= 0:
+            raise ConfigError(f"worker_cpus={worker_cpus!r} is invalid: use a number >= 0 or None")
         # the learner: validates the config now, before any Ray process starts
         self.agent = _agent if _agent is not None else PPO(
             None, seed=seed, policy=policy, device=device,
@@ -535,6 +536,8 @@ class DistributedPPO:
         self._policy = policy
         self.faults = _Faults()
         init(ray_address)
+        if worker_cpus is None:  # all workers must fit at once, or the missing ones would wait forever
+            self.worker_cpus = min(1.0, float(_ray().cluster_resources().get("CPU", 1)) / workers)
         self.workers = [self._start_worker(i) for i in range(workers)]
         obs_space, act_space, _ = _ray().get(self.workers[0].spaces.remote())
         if _agent is None:  # now the spaces are known: the real learner
@@ -674,13 +677,13 @@ class DistributedPPO:
     @classmethod
     def load(cls, path: str | os.PathLike, make_env: EnvFn, *, workers: int = 2,
              policy: torch.nn.Module | None = None, device: str | torch.device = "cpu",
-             worker_cpus: float = 1.0, ray_address: str | None = None) -> DistributedPPO:  # fmt: skip
+             worker_cpus: float | None = None, ray_address: str | None = None) -> DistributedPPO:  # fmt: skip
         """Continue a PPO checkpoint (from a distributed or a local run) with `workers` rollout workers."""
         return cls.from_agent(PPO.load(path, policy=policy, device=device), make_env, workers=workers,
                               worker_cpus=worker_cpus, ray_address=ray_address)  # fmt: skip
 
     @classmethod
-    def from_agent(cls, agent: PPO, make_env: EnvFn, *, workers: int = 2, worker_cpus: float = 1.0,
+    def from_agent(cls, agent: PPO, make_env: EnvFn, *, workers: int = 2, worker_cpus: float | None = None,
                    ray_address: str | None = None) -> DistributedPPO:  # fmt: skip
         """Train an existing PPO (its weights, optimizer and step count) with rollout workers."""
         if not isinstance(agent, PPO):

@@ -40,6 +40,13 @@ def test_bad_arguments_fail_before_ray_starts():
         LLMServer(lambda: FixedLatencyLLM(0.0), cache=":memory:")
 
 
+def test_cli_workers_are_for_ppo(capsys):
+    from llmrl.cli import main
+
+    assert main(["train", "--algo", "dqn", "--workers", "2", "--no-progress"]) == 2
+    assert "workers=2 (algo=dqn)" in capsys.readouterr().err
+
+
 def test_fixed_latency_llm_takes_its_latency_per_call_whatever_the_batch():
     llm = FixedLatencyLLM(0.02, dim=8)
     import time
@@ -208,6 +215,20 @@ def test_distributed_ppo_survives_a_dead_worker_and_llm_actor_and_resumes_locall
     finally:
         resumed.close()
         server.close()
+
+
+def test_cli_trains_on_ray_workers_and_resumes_in_process(local_ray, tmp_path, capsys):
+    from llmrl.cli import main
+
+    run = tmp_path / "cp"
+    args = ["train", "--preset", "cartpole-ppo", "--num-envs", "2", "--out", str(run), "--no-progress"]
+    assert main([*args, "--steps", "200", "--workers", "2"]) == 0, capsys.readouterr().err
+    assert "2 Ray workers" in capsys.readouterr().out
+    assert (run / "checkpoint").exists() and (run / "metrics.csv").exists()
+    first = llmrl.PPO.load(run / "checkpoint").num_timesteps
+    assert 200 <= first <= 2 * 2 * 32 * 2  # whole iterations of 2 workers x 2 envs x n_steps 32
+    assert main([*args, "--steps", str(first + 64), "--resume"]) == 0  # the same run, in this process
+    assert llmrl.PPO.load(run / "checkpoint").num_timesteps >= first + 64
 
 
 @pytest.mark.slow
