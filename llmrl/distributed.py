@@ -189,7 +189,6 @@ class _LLMServerActor:
                  max_batch: int, active_window_s: float):  # fmt: skip
         import llmrl.llm
 
-        torch.set_num_threads(max(1, int(os.environ.get("LLMRL_SERVER_THREADS", "1"))))
         backend = llmrl.llm.load(llm, **backend_kwargs) if isinstance(llm, str) else llm()
         # cache=None: no cache (every call reaches the model); a path: the persistent cache, which is
         # what makes a restart lose no answer (each answer is committed before it is returned)
