@@ -90,6 +90,15 @@ def local_ray():
     assert not ray.is_initialized()
 
 
+def _first(marker: str) -> bool:
+    """True for the one process (of all the workers) that creates `marker`; atomic, so exactly one crashes."""
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
+        return True
+    except FileExistsError:
+        return False
+
+
 class CrashOnce(gym.Wrapper):
     """Kills its process (as a crashed node would) at its `at`-th step, once per marker file."""
 
@@ -99,8 +108,7 @@ class CrashOnce(gym.Wrapper):
 
     def step(self, action):
         self.steps += 1
-        if self.steps == self.at and not os.path.exists(self.marker):
-            Path(self.marker).touch()
+        if self.steps == self.at and _first(self.marker):
             os._exit(1)
         return self.env.step(action)
 
@@ -113,8 +121,7 @@ class CrashingLLM(FixedLatencyLLM):
         self.marker, self.at = marker, at
 
     def features(self, prompts, **kw):
-        if self.model_calls + 1 == self.at and not os.path.exists(self.marker):
-            Path(self.marker).touch()
+        if self.model_calls + 1 == self.at and _first(self.marker):
             os._exit(1)
         return super().features(prompts, **kw)
 
