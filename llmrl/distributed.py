@@ -89,12 +89,13 @@ def _ray() -> Any:
     return optional_import("ray", "ray")
 
 
-def init(address: str | None = None, *, num_cpus: int | None = None, **kwargs: Any) -> None:
+def init(address: str | None = None, *, num_cpus: int | None = None, **kwargs: Any) -> bool:
     """Connect to Ray at `address` ("auto" or "ray://host:10001"), or start a local Ray with `num_cpus`
-    CPUs when address is None. Does nothing if Ray is already up in this process."""
+    CPUs when address is None. Does nothing if Ray is already up in this process. Returns whether this
+    call connected (so the caller knows to `shutdown()`)."""
     ray = _ray()
     if ray.is_initialized():
-        return
+        return False
     if address is None:
         kwargs.setdefault("num_cpus", num_cpus)
         # a local Ray's workers import llmrl from the driver's path (a source checkout wins over an
@@ -104,6 +105,7 @@ def init(address: str | None = None, *, num_cpus: int | None = None, **kwargs: A
     kwargs.setdefault("include_dashboard", False)
     kwargs.setdefault("logging_level", "warning")
     ray.init(address=address, **kwargs)
+    return True
 
 
 def shutdown() -> None:

@@ -360,9 +360,7 @@ def _train_on_ray(cfg: TrainConfig, run: Path, llm: Any) -> TrainResult:
     from llmrl import distributed
     from llmrl.training import plot_learning_curve
 
-    ray = distributed._ray()
-    started_ray = not ray.is_initialized()
-    distributed.init(cfg.ray_address)
+    started_ray = distributed.init(cfg.ray_address)
     server = None
     if cfg.role != "none" and llm is None:
         server = distributed.LLMServer(cfg.llm, cache=True, num_cpus=0)
