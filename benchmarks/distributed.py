@@ -182,10 +182,11 @@ def faults(iters: int, seed: int = 0) -> dict[str, Any]:
         counts["worker_kills"] += 1
 
     def kill_server() -> None:
-        before = len(LLMCache(cache_path))
+        before, started = len(LLMCache(cache_path)), server.stats()["server/started"]
         server.kill()
         counts["server_kills"] += 1
-        server.stats()  # waits for the restarted actor
+        while server.stats()["server/started"] == started:  # the kill lands a moment later; then a restart
+            time.sleep(0.05)
         counts["cache_shrank"] += len(LLMCache(cache_path)) < before
 
     def schedule(agent: Any, metrics: dict[str, float]) -> None:
