@@ -24,7 +24,7 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from llmrl.agents.base import Agent, check
+from llmrl.agents.base import Agent, check, check_numbers
 from llmrl.nets import (
     Obs,
     StackedMLP,
@@ -97,6 +97,7 @@ class PPOConfig:
     """Adam's epsilon (SB3 and CleanRL use 1e-5 for PPO)."""
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         for name in ("n_steps", "batch_size", "n_epochs"):
             v = getattr(self, name)
             check(isinstance(v, int) and not isinstance(v, bool) and v > 0, name, v, "use a positive int")

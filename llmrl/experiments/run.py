@@ -21,6 +21,7 @@ import yaml
 from llmrl.agents.dqn import DQNConfig
 from llmrl.agents.ppo import PPOConfig
 from llmrl.errors import ConfigError, LLMRLError
+from llmrl.experiments.presets import load_yaml
 from llmrl.roles.registry import role_names
 
 __all__ = [
@@ -156,11 +157,17 @@ def train_config(data: dict[str, Any]) -> TrainConfig:
     unknown = set(data) - known
     if unknown:
         raise ConfigError(f"unknown setting(s) {sorted(unknown)}; known: {sorted(known)}")
-    ppo, dqn = PPOConfig(**data.pop("ppo", {})), DQNConfig(**data.pop("dqn", {}))
+    for key in ("ppo", "dqn", "role_args", "env_args"):
+        if not isinstance(data.get(key) or {}, dict):
+            raise ConfigError(f"{key} must be a mapping of settings, not {data[key]!r}")
+    try:
+        ppo, dqn = PPOConfig(**data.pop("ppo", None) or {}), DQNConfig(**data.pop("dqn", None) or {})
+    except TypeError as err:  # an unknown field
+        raise ConfigError(f"{err}".replace("__init__()", "ppo/dqn settings:")) from None
     if data.get("out") is not None:
-        data["out"] = Path(data["out"])
-    data["role_args"] = {k: _yaml_text(v) for k, v in (data.get("role_args") or {}).items()}
-    data["env_args"] = {k: _yaml_text(v) for k, v in (data.get("env_args") or {}).items()}
+        data["out"] = Path(str(data["out"]))
+    data["role_args"] = {str(k): _yaml_text(v) for k, v in (data.get("role_args") or {}).items()}
+    data["env_args"] = {str(k): _yaml_text(v) for k, v in (data.get("env_args") or {}).items()}
     return TrainConfig(ppo=ppo, dqn=dqn, **data)
 
 
@@ -180,7 +187,7 @@ def saved_config(run: Path) -> TrainConfig:
         raise ConfigError(
             f"{run} is not a run folder (no config.yaml); train one with `llmrl train --out {run}`"
         )
-    return train_config(yaml.safe_load(path.read_text()))
+    return train_config(load_yaml(path, "run config"))
 
 
 def _yaml_text(value: Any) -> str:
@@ -266,7 +273,9 @@ def build_env(
     if llm is None:
         from llmrl import llm as llm_module
 
-        llm = llm_module.load(cfg.llm)
+        # the persistent cache (as the demo): a rerun or a resumed run gets a prompt's first answer again,
+        # which makes resuming exact even where a backend's answer depends on its batch (LLMFeatures)
+        llm = llm_module.load(cfg.llm, cache=True)
     return make_role(cfg.role, env, llm, **role_options(cfg), **(role_kwargs or {})), llm
 
 
@@ -309,12 +318,19 @@ def train_run(
     llm: an LLM object instead of loading `cfg.llm`; render_mode: of the training env (e.g. "rgb_array"
     to draw a GIF with it afterwards); overwrite: replace a finished run in `cfg.out` (else an error).
     """
-    from llmrl.training import plot_learning_curve
+    from llmrl.training import plot_learning_curve, recover_checkpoint
 
     run = _run_dir(cfg)
     checkpoint = run / "checkpoint"
-    if run.exists() and checkpoint.exists() and not (cfg.resume or overwrite):
-        raise ConfigError(f"{run} already holds a run; pass --resume to continue it or choose another --out")
+    if run.exists() and not run.is_dir():
+        raise ConfigError(
+            f"--out {run} is not a folder; pass a folder for the run (it is created if missing)"
+        )
+    recover_checkpoint(checkpoint)  # a save killed between its two renames
+    earlier = [n for n in ("checkpoint", "metrics.csv", "episodes.csv") if (run / n).exists()]
+    if earlier and not (cfg.resume or overwrite):
+        raise ConfigError(f"{run} already holds a run ({', '.join(earlier)}); pass --resume to continue it "
+                          "or choose another --out")  # fmt: skip
     if cfg.workers:
         return _train_on_ray(cfg, run, llm)
     env, llm = build_env(cfg, llm=llm, render_mode=render_mode)
