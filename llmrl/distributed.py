@@ -636,6 +636,8 @@ class DistributedPPO:
         logger = RunLogger(run_dir, total_timesteps=total_timesteps, start_step=agent.num_timesteps,
                            progress_bar=progress_bar)  # fmt: skip
         last_ckpt = agent.num_timesteps
+        threads = torch.get_num_threads()
+        torch.set_num_threads(agent._train_threads())  # as PPO.learn; restored below
         try:
             while agent.num_timesteps < total_timesteps:
                 t0 = time.perf_counter()
@@ -649,6 +651,7 @@ class DistributedPPO:
                         logger.episode(agent.num_timesteps + offset, ret, length)
                     agent.num_timesteps += c["steps"]
                 metrics = agent._train_on(rollout)
+                agent._check_training(metrics)  # a non-finite loss or weight stops the run, as in PPO.learn
                 t2 = time.perf_counter()
                 metrics.update(_merge_metrics([c["metrics"] for c in chunks]))
                 slowest = max(c["seconds"] for c in chunks)
@@ -667,6 +670,7 @@ class DistributedPPO:
                     break
         finally:
             logger.close()
+            torch.set_num_threads(threads)
         return agent
 
     # -- checkpoints ----------------------------------------------------------------------------------
