@@ -47,7 +47,7 @@ class BenchConfig:
     """Run a benchmark script from benchmarks/ (in a source checkout) and print its table."""
 
     name: tyro.conf.Positional[
-        Literal["rl_core", "llm_ops", "envs_text", "llm_features", "rewards", "planner"]
+        Literal["rl_core", "llm_ops", "envs_text", "llm_features", "rewards", "planner", "distributed"]
     ] = "llm_ops"
     """Which benchmark."""
     quick: bool = True

@@ -85,6 +85,11 @@ class TrainConfig:
     """Save a checkpoint every this many steps (0: only at the end)."""
     progress: bool = True
     """Show a progress bar."""
+    workers: int = 0
+    """Rollout workers on Ray (PPO only), each with its own copy of the env (num_envs envs) and the role's
+    LLM served to all of them by one batching server (`llmrl.distributed`); 0 trains in this process."""
+    ray_address: str | None = None
+    """The Ray cluster for workers > 0 ("auto", "ray://head:10001"); default: a local Ray."""
     ppo: PPOConfig = field(default_factory=PPOConfig)
     """PPO hyperparameters (used when algo=ppo)."""
     dqn: DQNConfig = field(default_factory=DQNConfig)
@@ -97,6 +102,11 @@ class TrainConfig:
             raise ConfigError(f"num_envs={self.num_envs} is invalid: use 1 or more")
         if self.resume and self.out is None:
             raise ConfigError("resume needs the run folder: pass --out <run folder>")
+        if self.workers < 0 or (self.workers and self.algo != "ppo"):
+            raise ConfigError(
+                f"workers={self.workers} (algo={self.algo}) is invalid: rollout workers on Ray train PPO; "
+                "use --algo ppo, or --workers 0 to train in this process"
+            )
         if self.role != "none" and self.role not in role_names():
             raise ConfigError(f"unknown role {self.role!r}; choose one of none, {', '.join(role_names())}")
 
@@ -321,6 +331,8 @@ def train_run(
     if earlier and not (cfg.resume or overwrite):
         raise ConfigError(f"{run} already holds a run ({', '.join(earlier)}); pass --resume to continue it "
                           "or choose another --out")  # fmt: skip
+    if cfg.workers:
+        return _train_on_ray(cfg, run, llm)
     env, llm = build_env(cfg, llm=llm, render_mode=render_mode)
     cls: Any = agent_class(cfg.algo)
     if cfg.resume:
@@ -349,6 +361,58 @@ def train_run(
         print(f"no learning curve: {err}")
     print(f"checkpoint: {checkpoint}")
     return TrainResult(run, agent, env, llm)
+
+
+def _worker_env(cfg: TrainConfig, llm: Any) -> Any:
+    """One rollout worker's env (module level, so Ray sends it to the workers by reference)."""
+    return build_env(cfg, llm=llm)[0]
+
+
+def _train_on_ray(cfg: TrainConfig, run: Path, llm: Any) -> TrainResult:
+    """`train_run` with `cfg.workers` rollout workers on Ray; the role's LLM (if any) is one LLMServer
+    actor behind the persistent cache. The result has no env (the envs lived in the workers)."""
+    import functools
+
+    from llmrl import distributed
+    from llmrl.training import plot_learning_curve
+
+    started_ray = distributed.init(cfg.ray_address)
+    server = None
+    if cfg.role != "none" and llm is None:
+        server = distributed.LLMServer(cfg.llm, cache=True, num_cpus=0)
+        llm = server.client()
+    make_env = functools.partial(_worker_env, cfg, llm)
+    checkpoint = run / "checkpoint"
+    trainer = None
+    try:
+        if cfg.resume:
+            if not checkpoint.exists():
+                raise ConfigError(f"nothing to resume: {checkpoint} does not exist")
+            trainer = distributed.DistributedPPO.load(checkpoint, make_env, workers=cfg.workers)
+        else:
+            trainer = distributed.DistributedPPO(make_env, workers=cfg.workers, seed=cfg.seed,
+                                                 **cfg.algo_config())  # fmt: skip
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "config.yaml").write_text(yaml.safe_dump(config_data(cfg), sort_keys=False))
+        print(
+            f"training PPO on {cfg.env} ({cfg.workers} Ray workers x {cfg.num_envs} envs, role={cfg.role}) -> {run}"
+        )
+        every = cfg.checkpoint_every or None
+        agent = trainer.learn(cfg.steps, progress_bar=cfg.progress, run_dir=run, checkpoint_every=every)
+        agent.save(checkpoint)
+    finally:
+        if trainer is not None:
+            trainer.close()
+        if server is not None:
+            server.close()
+        if started_ray:
+            distributed.shutdown()
+    try:
+        print(f"learning curve: {plot_learning_curve(run)}")
+    except LLMRLError as err:
+        print(f"no learning curve: {err}")
+    print(f"checkpoint: {checkpoint}")
+    return TrainResult(run, agent, None, None)
 
 
 def train(cfg: TrainConfig) -> Path:
