@@ -76,7 +76,8 @@ def main() -> None:
     t0 = time.perf_counter()
     fast = selfcheck.probe(embedded_gguf_path(), extra_buffers=True)
     check_s = time.perf_counter() - t0
-    llm = load("embedded")  # the default: extra buffers where the self-check allows them
+    llm = LlamaCppLLM.embedded()  # the default: extra buffers where the self-check allows them (the bare
+    # backend, not load()'s checked wrapper, so that the naive rows can reset its prefix)
     plain = LlamaCppLLM.embedded(extra_buffers=False)  # always-safe plain CPU buffers
 
     # llama.cpp's extra buffer types (repacked weights; AMX where present) vs plain buffers, side by side
