@@ -153,8 +153,12 @@ class FullMiniGridDescriber(SnapshotDescriber):
                 if cell.type == "wall":
                     walls.append(f"{i},{j}")
                     continue
-                name = "goal" if cell.type == "goal" else "lava" if cell.type == "lava" else (
-                    f"{cell.color} {cell.type}"
+                name = (
+                    "goal"
+                    if cell.type == "goal"
+                    else "lava"
+                    if cell.type == "lava"
+                    else (f"{cell.color} {cell.type}")
                 )
                 value = f"{i},{j}"
                 if cell.type == "door":
@@ -263,11 +267,17 @@ def collect(
         text = describer.reset(env, obs)
         done, t = False, 0
         while not done and len(out) < n:
-            action = int(rng.integers(len(names))) if policy is None else int(policy(obs, {**info, "text": text}))
+            action = (
+                int(rng.integers(len(names))) if policy is None else int(policy(obs, {**info, "text": text}))
+            )
             prev = describer._prev
             obs, reward, terminated, truncated, info = env.step(action)
             nxt, _ = describer.step(env, obs, action, float(reward), terminated, truncated, info)
-            ok = describer.predictable(prev, describer._prev) if isinstance(describer, EgocentricDescriber) else True
+            ok = (
+                describer.predictable(prev, describer._prev)
+                if isinstance(describer, EgocentricDescriber)
+                else True
+            )
             out.append(
                 Transition(
                     text, names[action], nxt, round(float(reward), 4), bool(terminated), action, bool(truncated),

@@ -91,7 +91,9 @@ class SimulatorModel(WorldModel):
         import copy
 
         u = copy.deepcopy(env.unwrapped)
-        text = self.describer.text(self.describer.snapshot(u, u.gen_obs() if hasattr(u, "gen_obs") else _obs_of(u)))
+        text = self.describer.text(
+            self.describer.snapshot(u, u.gen_obs() if hasattr(u, "gen_obs") else _obs_of(u))
+        )
         self._envs[text] = u
         return text
 
@@ -182,7 +184,9 @@ class LLMWorldModel(WorldModel):
         if target not in ("full", "diff"):
             raise ConfigError(f"target must be 'full' or 'diff', got {target!r}")
         if max_tokens < 4:
-            raise ConfigError(f"max_tokens must be >= 4 (the reward and done lines alone need that), got {max_tokens}")
+            raise ConfigError(
+                f"max_tokens must be >= 4 (the reward and done lines alone need that), got {max_tokens}"
+            )
         check_capabilities(llm.name, llm.capabilities, ("generate", "score") if confidence else ("generate",))
         self.llm = llm
         self.target: Target = target
@@ -191,7 +195,9 @@ class LLMWorldModel(WorldModel):
         self.manual = manual
         self.examples = list(examples)
         head = (manual.strip() + "\n\n" if manual else "") + _INSTRUCTION + "\n\n"
-        self._head = head + "".join(self.prompt(e.state, e.action, head="") + self.completion(e) for e in examples)
+        self._head = head + "".join(
+            self.prompt(e.state, e.action, head="") + self.completion(e) for e in examples
+        )
         self._memo: dict[tuple[str, str], tuple[str | None, float, bool, float, str]] = {}
         self.counters = {"predictions": 0, "memo_hits": 0, "unparseable": 0}
 
@@ -211,7 +217,9 @@ class LLMWorldModel(WorldModel):
     def predict(self, states: Sequence[str], actions: Sequence[str]) -> Prediction:
         """One prediction per (state, action), in one batched call for the pairs not seen before."""
         if len(states) != len(actions):
-            raise ConfigError(f"predict needs one action per state, got {len(states)} states, {len(actions)} actions")
+            raise ConfigError(
+                f"predict needs one action per state, got {len(states)} states, {len(actions)} actions"
+            )
         pairs = list(zip(states, actions))
         todo = list(dict.fromkeys(p for p in pairs if p not in self._memo))
         self.counters["predictions"] += len(pairs)
@@ -292,7 +300,9 @@ class LLMWorldModel(WorldModel):
         pad = tok.pad_token_id if tok.pad_token_id is not None else (eos or 0)
         t0, steps, losses = time.perf_counter(), 0, []
         total_steps = epochs * math.ceil(len(data) / batch_size)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 10) * max(0.05, 1 - s / total_steps))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: min(1.0, (s + 1) / 10) * max(0.05, 1 - s / total_steps)
+        )
         module.train()
         stop = False
         epoch = 0
@@ -316,7 +326,13 @@ class LLMWorldModel(WorldModel):
                 steps += 1
                 losses.append(loss.item())
                 if log is not None:
-                    log({"wm/loss": losses[-1], "wm/epoch": float(epoch), "wm/seconds": time.perf_counter() - t0})
+                    log(
+                        {
+                            "wm/loss": losses[-1],
+                            "wm/epoch": float(epoch),
+                            "wm/seconds": time.perf_counter() - t0,
+                        }
+                    )
                 if max_minutes is not None and time.perf_counter() - t0 > 60 * max_minutes:
                     stop = True
                     break
@@ -324,7 +340,9 @@ class LLMWorldModel(WorldModel):
                 break
         module.eval()
         digest = hashlib.sha256(
-            repr((len(data), epochs, lr, rank, layers, seed, steps, self.target, [d[1][:8] for d in data[:64]])).encode()
+            repr(
+                (len(data), epochs, lr, rank, layers, seed, steps, self.target, [d[1][:8] for d in data[:64]])
+            ).encode()
         ).hexdigest()[:12]
         _rename(self.llm, f"+wm-lora-{digest}")
         self._memo.clear()
@@ -361,7 +379,7 @@ def _left_padded(batch: list[tuple[list[int], list[int]]], pad: int) -> tuple[An
     ids = torch.full((len(seqs), width), pad, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     labels = torch.full((len(seqs), width), -100, dtype=torch.long)
-    for i, ((p, c), s) in enumerate(zip(batch, seqs)):
+    for i, ((_p, c), s) in enumerate(zip(batch, seqs)):
         ids[i, width - len(s) :] = torch.tensor(s)
         mask[i, width - len(s) :] = 1
         labels[i, width - len(c) :] = torch.tensor(c)
@@ -403,7 +421,9 @@ def _add_lora(module: Any, *, rank: int, layers: int, seed: int) -> list[Any]:
             super().__init__()
             self.base = base
             g = torch.Generator().manual_seed(seed)
-            self.lora_a = nn.Parameter(torch.randn(rank, base.in_features, generator=g) / math.sqrt(base.in_features))
+            self.lora_a = nn.Parameter(
+                torch.randn(rank, base.in_features, generator=g) / math.sqrt(base.in_features)
+            )
             self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank))
             self.scale = 2.0  # alpha = 2 * rank
             self.to(base.weight.device)
@@ -413,7 +433,9 @@ def _add_lora(module: Any, *, rank: int, layers: int, seed: int) -> list[Any]:
 
     for p in module.parameters():
         p.requires_grad_(False)
-    found = [m for _, m in module.named_modules() if isinstance(m, LoRALinear) or type(m).__name__ == "LoRALinear"]
+    found = [
+        m for _, m in module.named_modules() if isinstance(m, LoRALinear) or type(m).__name__ == "LoRALinear"
+    ]
     if found:  # already adapted: train the same adapters again
         params = [p for m in found for p in (m.lora_a, m.lora_b)]
         for p in params:
@@ -428,7 +450,9 @@ def _add_lora(module: Any, *, rank: int, layers: int, seed: int) -> list[Any]:
             if isinstance(child, nn.Linear):
                 blocks.setdefault(int(hit.group(1)), []).append((m, child_name, child))
     if not blocks:
-        raise ConfigError("no decoder layers named '*.layers.<i>.*' with linear layers: cannot place LoRA adapters")
+        raise ConfigError(
+            "no decoder layers named '*.layers.<i>.*' with linear layers: cannot place LoRA adapters"
+        )
     params = []
     for i in sorted(blocks)[-layers:]:
         for parent, child_name, lin in blocks[i]:
@@ -441,7 +465,9 @@ def _add_lora(module: Any, *, rank: int, layers: int, seed: int) -> list[Any]:
 # -- measuring ------------------------------------------------------------------------------------------
 
 
-def accuracy(model: WorldModel, transitions: Sequence[Transition], *, batch_size: int = 16) -> dict[str, float]:
+def accuracy(
+    model: WorldModel, transitions: Sequence[Transition], *, batch_size: int = 16
+) -> dict[str, float]:
     """Exact match of the next state, reward within 0.1, done; overall and split by `predictable`.
 
     Keys: n, exact, reward, done, valid, and exact_predictable / exact_unpredictable with their counts
@@ -505,9 +531,13 @@ def lookahead(
         nxt: list[str] = []
         for i, s in enumerate(frontier):
             sl = slice(i * len(actions), (i + 1) * len(actions))
-            table[s] = Prediction(p.next_states[sl], p.rewards[sl], p.dones[sl], p.confidences[sl], p.valid[sl])
+            table[s] = Prediction(
+                p.next_states[sl], p.rewards[sl], p.dones[sl], p.confidences[sl], p.valid[sl]
+            )
             if d + 1 < depth:
-                nxt += [n for n, done in zip(table[s].next_states, table[s].dones) if n is not None and not done]
+                nxt += [
+                    n for n, done in zip(table[s].next_states, table[s].dones) if n is not None and not done
+                ]
         preds.append(table)
         levels.append(list(dict.fromkeys(nxt)))
 
@@ -592,4 +622,3 @@ def imagine(
         if nxt is not None and p.confidences[i] >= min_confidence:
             out.append(Transition(s, a, nxt, float(p.rewards[i]), bool(p.dones[i]), source="imagined"))
     return out
-

@@ -228,7 +228,9 @@ def tiny_gemma(tmp_path_factory, grid_data):
     tok.decoder = decoders.ByteLevel()
     wm = LLMWorldModel(OracleLLM(grid_data))
     corpus = [wm.prompt(t.state, t.action) + wm.completion(t) for t in grid_data[:50]]
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=200, special_tokens=["<unk>", "<bos>", "<eos>", "<pad>"]))
+    tok.train_from_iterator(
+        corpus, trainers.BpeTrainer(vocab_size=200, special_tokens=["<unk>", "<bos>", "<eos>", "<pad>"])
+    )
     fast = transformers.PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>", pad_token="<pad>"
     )
