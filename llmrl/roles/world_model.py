@@ -34,6 +34,7 @@ from llmrl.envs.transitions import Transition, apply_diff, state_diff
 from llmrl.errors import ConfigError
 from llmrl.llm.base import LLM
 from llmrl.llm.common import check_capabilities
+from llmrl.llm.lora import add_lora
 
 __all__ = [
     "LLMWorldModel",
@@ -268,8 +269,9 @@ class LLMWorldModel(WorldModel):
     ) -> FitReport:
         """LoRA supervised fine-tuning on `transitions`: the loss is on the output tokens only.
 
-        Adapters (rank `rank`, alpha 2*rank) go on every linear layer of the last `layers` decoder
-        layers; everything else is frozen, so gradients flow through those layers only. Stops after
+        Adapters (`llmrl.llm.lora.add_lora`: rank `rank`, alpha 2*rank) go on the value/output and MLP
+        linears of the last `layers` decoder layers; everything else is frozen, so gradients flow through
+        those layers only, and the adapters export to llama.cpp (`export_lora_gguf`). Stops after
         `epochs` or `max_minutes`. Afterwards the model answers without the few-shot examples (they are
         dropped from the prompt) and under a new name, so no cached answer of the base model is reused.
         Needs a backend with gradients (`llmrl.llm.HFLLM`): others raise ConfigError.
@@ -287,7 +289,7 @@ class LLMWorldModel(WorldModel):
         self.examples, self._head = [], _INSTRUCTION + "\n\n"  # the fine-tuned model needs no examples
         if self.manual:
             self._head = self.manual.strip() + "\n\n" + self._head
-        params = _add_lora(module, rank=rank, layers=layers, seed=seed)
+        params = add_lora(module, rank=rank, layers=layers, seed=seed)
         device = next(module.parameters()).device
         eos = tok.eos_token_id
         data = []
@@ -405,61 +407,6 @@ def _rename(llm: Any, suffix: str) -> None:
     inner = llm.__dict__.get("backend") if hasattr(llm, "__dict__") else None
     if inner is not None and inner is not llm:
         inner.name = re.sub(r"\+wm-lora-[0-9a-f]+$", "", inner.name) + suffix
-
-
-def _add_lora(module: Any, *, rank: int, layers: int, seed: int) -> list[Any]:
-    """Freeze `module`, put LoRA adapters on the linear layers of its last `layers` blocks; return them.
-
-    LoRA (Hu et al. 2021): y = W x + (alpha / r) B A x, A random, B zero, so training starts at the base
-    model. Calling it again (a second fit) keeps training the adapters already there.
-    """
-    import torch
-    from torch import nn
-
-    class LoRALinear(nn.Module):
-        def __init__(self, base: nn.Linear) -> None:
-            super().__init__()
-            self.base = base
-            g = torch.Generator().manual_seed(seed)
-            self.lora_a = nn.Parameter(
-                torch.randn(rank, base.in_features, generator=g) / math.sqrt(base.in_features)
-            )
-            self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank))
-            self.scale = 2.0  # alpha = 2 * rank
-            self.to(base.weight.device)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.base(x) + (x @ self.lora_a.T @ self.lora_b.T) * self.scale
-
-    for p in module.parameters():
-        p.requires_grad_(False)
-    found = [
-        m for _, m in module.named_modules() if isinstance(m, LoRALinear) or type(m).__name__ == "LoRALinear"
-    ]
-    if found:  # already adapted: train the same adapters again
-        params = [p for m in found for p in (m.lora_a, m.lora_b)]
-        for p in params:
-            p.requires_grad_(True)
-        return params
-    blocks: dict[int, list[tuple[Any, str, nn.Linear]]] = {}
-    for name, m in module.named_modules():
-        hit = re.search(r"\.layers\.(\d+)\.", name + ".")
-        if not hit:
-            continue
-        for child_name, child in m.named_children():
-            if isinstance(child, nn.Linear):
-                blocks.setdefault(int(hit.group(1)), []).append((m, child_name, child))
-    if not blocks:
-        raise ConfigError(
-            "no decoder layers named '*.layers.<i>.*' with linear layers: cannot place LoRA adapters"
-        )
-    params = []
-    for i in sorted(blocks)[-layers:]:
-        for parent, child_name, lin in blocks[i]:
-            lora = LoRALinear(lin)
-            setattr(parent, child_name, lora)
-            params += [lora.lora_a, lora.lora_b]
-    return params
 
 
 # -- measuring ------------------------------------------------------------------------------------------

@@ -284,3 +284,33 @@ def test_embedded_model_zero_shot(grid_data):
     # a valid answer has a probability in (0, 1]; an invalid one is counted
     assert (p.valid[0] and 0.0 < p.confidences[0] <= 1.0) or wm.counters["unparseable"] >= 1
     llm.close()
+
+
+def test_lora_saves_loads_and_exports_to_gguf(tiny_gemma, grid_data, tmp_path):
+    import gguf
+    import torch
+
+    from llmrl.llm.hf import HFLLM
+    from llmrl.llm.lora import add_lora, export_lora_gguf, load_lora, save_lora
+
+    llm = HFLLM(tiny_gemma, device="cpu")
+    params = add_lora(llm.module, rank=2, layers=1)
+    assert len(params) == 2 * 5  # v, o, gate, up, down of the last block
+    with torch.no_grad():
+        for p in params:
+            p.add_(0.1)
+    ids = llm.tokenizer("cat: column 1", return_tensors="pt")
+    want = llm.module(**ids).logits
+    save_lora(llm.module, tmp_path / "a.safetensors")
+    fresh = HFLLM(tiny_gemma, device="cpu")
+    assert not torch.allclose(fresh.module(**ids).logits, want)
+    load_lora(fresh.module, tmp_path / "a.safetensors")
+    assert torch.allclose(fresh.module(**ids).logits, want, atol=1e-5)
+    export_lora_gguf(llm.module, tmp_path / "a.gguf")
+    r = gguf.GGUFReader(str(tmp_path / "a.gguf"))
+    shapes = {t.name: tuple(int(v) for v in t.shape) for t in r.tensors}
+    # GGUF lists dims innermost first: A is (in, r), B is (r, out) for llama.cpp
+    assert shapes["blk.2.attn_v.weight.lora_a"] == (32, 2) and shapes["blk.2.attn_v.weight.lora_b"] == (2, 16)
+    assert bytes(r.fields["adapter.type"].parts[-1]) == b"lora"
+    with pytest.raises(ConfigError, match="no LoRA adapters"):
+        export_lora_gguf(HFLLM(tiny_gemma, device="cpu").module, tmp_path / "b.gguf")
