@@ -26,6 +26,7 @@ import numpy as np
 from llmrl.errors import ConfigError, optional_import
 from llmrl.llm.base import LLM, Image
 from llmrl.llm.common import Backend, check_feature_args
+from llmrl.llm.selfcheck import extra_buffers_for
 
 __all__ = ["LlamaCppLLM", "EMBEDDED_NAME", "default_threads", "embedded_gguf_path", "name_for"]
 
@@ -100,6 +101,9 @@ class LlamaCppLLM(Backend):
     n_threads: CPU threads; default `default_threads()` (half the cores, at most 4).
     embedder: what `embed` uses: "minilm" (all-MiniLM-L6-v2, loaded on first use), an LLM, or None.
     seed: seed of sampling at temperature > 0 (each generate call restarts from it).
+    extra_buffers: let llama.cpp repack weights into its extra buffer types (AMX, CPU repack); None =
+        `$LLMRL_LLAMA_EXTRA_BUFFERS`, else a one-time self-check in a subprocess decides (see
+        `llmrl.llm.selfcheck`: AMX crashes on some CPUs).
     """
 
     def __init__(
@@ -113,6 +117,7 @@ class LlamaCppLLM(Backend):
         embedder: str | LLM | None = None,
         seed: int = 0,
         name: str | None = None,
+        extra_buffers: bool | None = None,
     ):
         super().__init__()
         llama_cpp = _llama_cpp()
@@ -131,8 +136,16 @@ class LlamaCppLLM(Backend):
         _route_llama_logs(llama_cpp)
         llama_cpp.llama_backend_init()
 
+        # Decided before anything native runs in this process: the self-check runs in a child.
+        self.extra_buffers = extra_buffers_for(path) if extra_buffers is None else extra_buffers
         mparams = llama_cpp.llama_model_default_params()
-        self._model = internals.LlamaModel(path_model=str(path), params=mparams, verbose=False)
+        mparams.use_extra_bufts = self.extra_buffers
+        try:
+            self._model = internals.LlamaModel(path_model=str(path), params=mparams, verbose=False)
+        except ValueError as err:  # llama.cpp returned no model
+            raise ConfigError(
+                f"llama.cpp cannot load {str(path)!r} ({err}); give the path of a valid GGUF model file"
+            ) from None
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_ctx = n_ctx
         cparams.n_batch = cparams.n_ubatch = n_batch

@@ -18,23 +18,30 @@ RANKED = [
 
 
 @pytest.fixture(scope="module")
-def reference():
-    """llama.cpp's own logits_all path: a full re-evaluation of prompt + continuation, no sharing."""
+def reference(embedded):
+    """llama.cpp's own logits_all path, no prefix sharing, built with the backend's buffer setting."""
     from llama_cpp import Llama
 
     from llmrl.llm.llamacpp import embedded_gguf_path
+    from llmrl.llm.selfcheck import llama_defaults
 
-    ref = Llama(str(embedded_gguf_path()), logits_all=True, n_ctx=64, n_threads=1, verbose=False)
+    with llama_defaults(embedded.extra_buffers):  # the same weight layout, hence the same kernels
+        ref = Llama(str(embedded_gguf_path()), logits_all=True, n_ctx=64, n_threads=1, verbose=False)
     yield ref
     ref.close()
 
 
-def _reference_score(ref, llm, prompt: str, cont: str) -> float:
-    """Sum of per-token log-probs of the continuation's tokens from one full evaluation."""
+def _reference_score(ref, llm, prompt: str, cont: str, *, split: bool) -> float:
+    """Sum of per-token log-probs of the continuation's tokens, by llama.cpp's own evaluation.
+
+    split=False: prompt + continuation in one batch. split=True: the prompt's tokens in one batch, then
+    the continuation's in another -- the batch shapes llmrl's shared-prefix path decodes.
+    """
     p, f = llm.tokenize(prompt), llm.tokenize(prompt + cont)
     k = next(i for i, (a, b) in enumerate(zip(p + [-1], f)) if a != b)
     ref.reset()
-    ref.eval(f)
+    for part in (f[:k], f[k:]) if split else (f,):
+        ref.eval(part)
     logp = ref.logits_to_logprobs(ref.scores[: len(f)])  # (T, V): row t predicts token t + 1
     return float(sum(logp[j - 1, f[j]] for j in range(k, len(f))))
 
@@ -49,13 +56,24 @@ def test_generation_is_deterministic_at_temperature_0(embedded):
 
 
 def test_score_is_the_sum_of_token_logprobs(embedded, reference):
-    # One continuation at a time the shared-prefix path matches to 1e-3 nats; continuations decoded
-    # together go through llama.cpp matmul kernels chosen by batch shape and drift by up to 0.15 nats.
-    for prompt, conts in RANKED[:3]:
-        ref = [_reference_score(reference, embedded, prompt, c) for c in conts]
+    """What holds on every x86-64 CPU, whatever llama.cpp's kernels.
+
+    ggml picks matmul kernels by batch shape and by weight layout (plain, repacked, AMX), and they round
+    differently: measured on a 2-core EPYC with plain buffers, llama.cpp's *own* one-batch and
+    prompt-then-continuation evaluations of "1, 2, 3, 4," + " 5" differ by 0.102 nats (0.10 reported on
+    an AMX Xeon); plain vs repacked weights differ by up to 0.13. So: exact against llama.cpp decoding
+    the same batches (same kernels), and within 0.25 nats of a one-batch evaluation -- far inside the
+    >= 1.3-nat margins that rank the continuations of RANKED.
+    """
+    for prompt, conts in RANKED:
+        same_batches = [_reference_score(reference, embedded, prompt, c, split=True) for c in conts]
+        one_batch = [_reference_score(reference, embedded, prompt, c, split=False) for c in conts]
         single = [embedded.score(prompt, [c])[0] for c in conts]
-        np.testing.assert_allclose(single, ref, atol=1e-3)
-        np.testing.assert_allclose(embedded.score(prompt, conts), ref, atol=0.2)
+        np.testing.assert_allclose(single, same_batches, atol=1e-4)
+        np.testing.assert_allclose(single, one_batch, atol=0.25)
+        # continuations decoded together: other batch shapes again
+        np.testing.assert_allclose(embedded.score(prompt, conts), one_batch, atol=0.25)
+        assert int(np.argmax(one_batch)) == int(np.argmax(embedded.score(prompt, conts))) == 0
 
 
 def test_score_token_boundary(embedded):

@@ -1,4 +1,8 @@
-"""The OpenAI-compatible backend against a real llama.cpp server on loopback serving the embedded model."""
+"""The OpenAI-compatible backend against a real llama.cpp server on loopback serving the embedded model.
+
+The server is started as the README says, `python -m llmrl.llm.server` (llama.cpp's own server behind
+llmrl's self-check): plain `python -m llama_cpp.server` segfaults on its first request on AMX CPUs.
+"""
 
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ def _start(port: int, *extra: str) -> subprocess.Popen:
     cmd = [
         sys.executable,
         "-m",
-        "llama_cpp.server",
+        "llmrl.llm.server",  # llama_cpp.server with the self-check's buffer setting (safe on AMX CPUs)
         "--model",
         str(embedded_gguf_path()),
         "--model_alias",
