@@ -14,7 +14,8 @@ Stages (artifacts in --work, so a stage can be rerun alone):
   eval      the fine-tuned adapters on llama.cpp (quantised base), on held-out transitions.
   plan      DoorKey-5x5: one-step lookahead with a value function read from the state text, with the true
             simulator vs the fine-tuned model; success over seeds.
-Accuracy = exact match of the whole next state; reward within 0.1; done exact. Results: --out (JSON) and
+Accuracy = exact match of the whole next state; reward within 0.1; done exact. `no_change_baseline`
+is the accuracy of always answering "no change" on the same transitions. Results: --out (JSON) and
 a markdown table on stdout.
 """
 
@@ -143,8 +144,10 @@ def stage_zeroshot(work: Path, n: int, results: dict) -> None:
             max_tokens=48 if target == "diff" else 96,
         )
         t0 = time.perf_counter()
-        acc = accuracy(wm, sample(test, n, 3), batch_size=8)
+        held_out = sample(test, n, 3)
+        acc = accuracy(wm, held_out, batch_size=8)
         acc["seconds"] = time.perf_counter() - t0
+        acc["no_change_baseline"] = float(np.mean([t.state == t.next_state for t in held_out]))
         acc["unparseable"] = float(wm.counters["unparseable"])
         results.setdefault("zeroshot", {})[name] = acc
         print(f"zero-shot {name} ({target}): {acc}", flush=True)
@@ -242,6 +245,7 @@ def stage_eval(work: Path, args: argparse.Namespace, results: dict) -> None:
         acc = accuracy(wm, test, batch_size=8)
         acc["seconds"] = time.perf_counter() - t1
         acc["seen_in_training"] = float(np.mean([(t.state, t.action) in seen for t in test]))
+        acc["no_change_baseline"] = float(np.mean([t.state == t.next_state for t in test]))
         unseen = [t for t in test if (t.state, t.action) not in seen]
         if unseen:
             acc["exact_unseen"] = accuracy(wm, unseen)["exact"]

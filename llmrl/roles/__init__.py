@@ -18,6 +18,7 @@ from llmrl.roles.base import RoleWrapper, with_text
 from llmrl.roles.features import LLMFeatures
 from llmrl.roles.goals import ELLMGoals, SayCan, Skill
 from llmrl.roles.rewards import CLIPReward, JudgeReward, ManualReward, PreferenceReward, TextGoalReward
+from llmrl.roles.world_model import LLMWorldModel, SimulatorModel, WorldModelPlanner
 
 __all__ = [
     "RoleWrapper",
@@ -31,6 +32,9 @@ __all__ = [
     "TextGoalReward",
     "ManualReward",
     "PreferenceReward",
+    "LLMWorldModel",
+    "SimulatorModel",
+    "WorldModelPlanner",
     "ROLES",
     "make_role",
 ]
