@@ -42,9 +42,9 @@ _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 def _lora_class() -> Any:
     torch = optional_import("torch", "hf")
-    nn = torch.nn
+    nn: Any = torch.nn
 
-    class LoRALinear(nn.Module):
+    class LoRALinear(nn.Module):  # type: ignore[name-defined]
         """A frozen nn.Linear plus a trainable low-rank update."""
 
         def __init__(self, base: Any, rank: int, alpha: float, seed: int) -> None:
@@ -205,5 +205,5 @@ def llamacpp_with_lora(
     scales = (ctypes.c_float * 1)(scale)
     if lib.llama_set_adapters_lora(llm._ctx.ctx, adapters, 1, scales):
         raise ConfigError(f"llama.cpp could not apply the LoRA adapter {str(lora_path)!r}")
-    llm._lora_adapter = adapter  # keep it alive as long as the context
+    llm._lora_adapter = adapter  # type: ignore[attr-defined]  # kept alive with the context
     return llm
