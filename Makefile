@@ -20,7 +20,8 @@ setup: $(BIN)/llmrl
 demo: setup
 	$(BIN)/llmrl demo
 
-test: setup
+# the README's test command, which CI runs: lint, type check, then the tests
+test: lint typecheck
 	$(BIN)/python -m pytest -q
 
 test-all: setup

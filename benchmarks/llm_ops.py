@@ -3,7 +3,10 @@
     python benchmarks/llm_ops.py [--quick]
 
 ms per generate (30 tokens), per score (1 prompt x 6 continuations: shared prefix vs naive full
-re-evaluation of prompt + continuation each time), per embed (MiniLM, 8 sentences), per cached call.
+re-evaluation of prompt + continuation each time), per features call, per embed (MiniLM, 8 sentences),
+per cached call; the llama.cpp operations side by side with the default buffer setting (extra buffer
+types where the self-check allows them) and with plain CPU buffers (the fallback on AMX CPUs), and the
+cost of the one-time self-check.
 """
 
 from __future__ import annotations
@@ -36,12 +39,8 @@ def timeit(fn, reps: int) -> float:
     return (time.perf_counter() - t0) / reps * 1000
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true")
-    args = ap.parse_args()
-    reps = 2 if args.quick else 5
-    llm = load("embedded")
+def measure(llm, reps: int) -> list[tuple[str, float]]:
+    """(operation, ms) rows for one backend."""
     n_prompt = len(llm.tokenize(PROMPT))
 
     def score_naive() -> None:
@@ -53,43 +52,66 @@ def main() -> None:
         llm._prefix, llm._prefix_logits = [], None  # the prompt is decoded once inside the call
         llm.score(PROMPT, CONTS)
 
-    rows = []
-    gen = timeit(lambda: llm.generate([PROMPT], max_tokens=30, stop=None), reps)
-    rows.append(("generate, 30 tokens", gen, ""))
+    rows = [("generate, 30 tokens", timeit(lambda: llm.generate([PROMPT], max_tokens=30, stop=None), reps))]
     one = timeit(lambda: (setattr(llm, "_prefix", []), llm.score(PROMPT, [" key"])), reps)
-    rows.append((f"score, {n_prompt}-token prompt + 1 continuation", one, ""))
-    naive = timeit(score_naive, reps)
-    shared = timeit(score_shared, reps)
-    rows.append(("score 1x6, naive (prompt re-evaluated per continuation)", naive, "1.00x"))
-    rows.append(("score 1x6, shared prefix, continuations batched", shared, f"{naive / shared:.2f}x faster"))
+    rows.append((f"score, {n_prompt}-token prompt + 1 continuation", one))
+    rows.append(("score 1x6, naive (prompt re-evaluated per continuation)", timeit(score_naive, reps)))
+    rows.append(("score 1x6, shared prefix, continuations batched", timeit(score_shared, reps)))
     again = timeit(lambda: llm.score(PROMPT, CONTS), reps)
-    rows.append(
-        ("score 1x6, same prompt again (prefix kept in KV cache)", again, f"{naive / again:.2f}x faster")
-    )
+    rows.append(("score 1x6, same prompt again (prefix kept in KV cache)", again))
     feats = timeit(lambda: llm.features([PROMPT + " state 1", PROMPT + " state 2"]), reps)
-    rows.append(("features (hidden), 2 prompts", feats, ""))
+    rows.append(("features (hidden), 2 prompts", feats))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    reps = 2 if args.quick else 5
+    from llmrl.llm import selfcheck
+    from llmrl.llm.llamacpp import LlamaCppLLM, embedded_gguf_path
+
+    # The one-time self-check (a child process per setting it tries), as a first use on a machine pays it.
+    t0 = time.perf_counter()
+    fast = selfcheck.probe(embedded_gguf_path(), extra_buffers=True)
+    check_s = time.perf_counter() - t0
+    llm = load("embedded")  # the default: extra buffers where the self-check allows them
+    plain = LlamaCppLLM.embedded(extra_buffers=False)  # always-safe plain CPU buffers
+
+    # llama.cpp's extra buffer types (repacked weights; AMX where present) vs plain buffers, side by side
+    default_rows, plain_rows = measure(llm, reps), measure(plain, reps)
     texts = [f"the agent picked up key number {i}" for i in range(8)]
     emb = timeit(lambda: llm.embed(texts), reps)
-    rows.append(("embed (MiniLM), 8 sentences", emb, ""))
     with tempfile.TemporaryDirectory() as d:
         cached = load(llm, cache=os.path.join(d, "c.sqlite"))
         cached.score(PROMPT, CONTS)
         hit = timeit(lambda: cached.score(PROMPT, CONTS), reps * 20)
-        rows.append(("cached call (score 1x6, SQLite hit)", hit, f"{shared / hit:.0f}x faster than a miss"))
 
     import llama_cpp
     import torch
 
     print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"llama.cpp threads {llm.n_threads}; llama-cpp-python {llama_cpp.__version__}, torch {torch.__version__}; "
-        f"reps {reps}; model {llm.name}"
+        f"machine: {platform.processor() or platform.machine()} ({selfcheck._cpu_signature()}), "
+        f"{os.cpu_count()} cores, llama.cpp threads {llm.n_threads}; llama-cpp-python {llama_cpp.__version__}, "
+        f"torch {torch.__version__}; reps {reps}; model {llm.name}"
     )
-    print("\n| operation | ms | ratio |\n| --- | ---: | --- |")
-    for name, ms, ratio in rows:
-        print(f"| {name} | {ms:.1f} | {ratio} |")
     print(
-        f"\nprompt tokens: {n_prompt}; score values (shared): {np.round(llm.score(PROMPT, CONTS), 2).tolist()}"
+        f"self-check (one child, extra buffers): {check_s * 1000:.0f} ms, {'passed' if fast.ok else 'FAILED'}; "
+        f"default backend uses extra buffers: {llm.extra_buffers}"
+    )
+    naive = dict(default_rows)["score 1x6, naive (prompt re-evaluated per continuation)"]
+    print("\n| operation | ms, default | ms, plain buffers | plain / default | default vs naive score |")
+    print("| --- | ---: | ---: | ---: | --- |")
+    for (name, ms), (_, ms_plain) in zip(default_rows, plain_rows):
+        vs_naive = f"{naive / ms:.2f}x faster" if name.startswith("score 1x6, s") else ""
+        print(f"| {name} | {ms:.1f} | {ms_plain:.1f} | {ms_plain / ms:.2f} | {vs_naive} |")
+    print(f"| embed (MiniLM), 8 sentences | {emb:.1f} | | | |")
+    shared = dict(default_rows)["score 1x6, shared prefix, continuations batched"]
+    print(f"| cached call (score 1x6, SQLite hit) | {hit:.2f} | | | {shared / hit:.0f}x faster than a miss |")
+    print(
+        f"\nprompt tokens: {len(llm.tokenize(PROMPT))}; score values (default): "
+        f"{np.round(llm.score(PROMPT, CONTS), 2).tolist()}, (plain): {np.round(plain.score(PROMPT, CONTS), 2).tolist()}"
     )
 
 

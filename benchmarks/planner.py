@@ -6,7 +6,8 @@
 Part 1 - suggestions: ELLM's ranked goals on a fixed set of DoorKey states (scripted walkthroughs:
 start, key picked up, door opened), how often the oracle's sub-goal is in the top k.
 Part 2 - SayCan: the embedded model + scripted MiniGrid skills on DoorKey, success over seeds.
-Part 3 - PPO (llmrl) on DoorKey: baseline vs ELLM (embedded model) vs ELLM (oracle), steps to 90%
+Part 3 - PPO (llmrl) on DoorKey: baseline vs ELLM (embedded model) vs ELLM (oracle) - the presets
+doorkey-ppo and doorkey-ellm (llmrl.experiments.compare) - steps to 90%
 training success (rolling 100 episodes) and the success curves (PNG). Runs stop once at 95%.
 `--jobs N` trains the (method, seed) runs in N parallel processes (each loads its own model).
 """
@@ -41,10 +42,16 @@ def versions() -> str:
 def part_suggestions(llm, env_id: str, seeds: range) -> str:
     import gymnasium as gym
 
-    from llmrl.envs import WithText, manual
-    from llmrl.planner import ELLM_DEFAULTS
+    from llmrl.envs import WithText
+    from llmrl.envs.minigrid import MiniGridSubgoals
+    from llmrl.experiments.compare import method_config
+    from llmrl.experiments.run import role_options
     from llmrl.roles.goals import ELLMGoals
-    from llmrl.roles.oracles import MiniGridSubgoals, doorkey_walkthrough
+    from llmrl.roles.saycan import doorkey_walkthrough
+
+    # the doorkey-ellm preset's role options (with the manual and filter it takes on MiniGrid)
+    preset = role_options(method_config("ellm", env_id=env_id))
+    preset.pop("suggest", None)
 
     configs = {
         "mission+inventory, manual, calibrated (default)": {},
@@ -58,7 +65,7 @@ def part_suggestions(llm, env_id: str, seeds: range) -> str:
     ]
     for name, over in configs.items():
         t0 = time.perf_counter()
-        kw = {**ELLM_DEFAULTS, "manual": manual(env_id), **over}
+        kw = {**preset, **over}
         env = ELLMGoals(MiniGridSubgoals(WithText(gym.make(env_id))), llm, **kw)
         recs = doorkey_walkthrough(env, seeds)
 
@@ -79,8 +86,8 @@ def part_suggestions(llm, env_id: str, seeds: range) -> str:
 def part_saycan(llm, env_id: str, seeds: range) -> str:
     import gymnasium as gym
 
-    from llmrl.roles.goals import SayCan
-    from llmrl.roles.oracles import MiniGridSubgoals, minigrid_skills
+    from llmrl.envs.minigrid import MiniGridSubgoals
+    from llmrl.roles.saycan import SayCan, minigrid_skills
 
     env = MiniGridSubgoals(gym.make(env_id))
     rows = [
@@ -104,7 +111,7 @@ def _train(args: tuple) -> list[dict]:
     import torch
 
     torch.set_num_threads(1)
-    from llmrl.planner import run_one
+    from llmrl.experiments.compare import run_one
 
     method, seeds, env_id, budget = args
     llm = None
@@ -134,7 +141,7 @@ def _train(args: tuple) -> list[dict]:
 
 
 def part_ppo(env_id: str, seeds: list[int], budget: int, jobs: int, png: Path) -> str:
-    from llmrl.planner import RunResult, markdown_table, plot_success
+    from llmrl.experiments.compare import RunResult, markdown_table, plot_success
 
     # one task per (method, seed), the slow baseline runs first
     work = [(m, [s], env_id, budget) for m in ("baseline", "ellm", "oracle") for s in seeds]

@@ -55,7 +55,8 @@ def versions() -> str:
 
 def expert_policy(env: Any, eps: float, seed: int):
     """The scripted DoorKey skills (key, door, goal) with `eps` random actions, for coverage."""
-    from llmrl.roles.oracles import doorkey_subgoal, minigrid_skills
+    from llmrl.envs.minigrid import doorkey_subgoal
+    from llmrl.roles.saycan import minigrid_skills
 
     skills = {s.name: s for s in minigrid_skills(env, distractors=False)}
     rng = np.random.default_rng(seed)

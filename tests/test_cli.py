@@ -8,7 +8,8 @@ import sys
 import pytest
 import yaml
 
-from llmrl.cli import TrainConfig, _train_config, list_presets, load_preset, main
+from llmrl.cli import main
+from llmrl.experiments import TrainConfig, list_presets, load_preset, train_config
 
 
 def run_cli(capsys, *args: str) -> tuple[int, str, str]:
@@ -42,7 +43,7 @@ def test_every_preset_is_a_valid_train_config(capsys):
         "montezuma-features",
     } <= set(names)
     for name in names:
-        cfg = _train_config(load_preset(name))
+        cfg = train_config(load_preset(name))
         assert isinstance(cfg, TrainConfig) and cfg.steps > 0
     code, out, _ = run_cli(capsys, "presets")
     assert code == 0 and all(n in out for n in names)

@@ -34,8 +34,9 @@ from llmrl.agents.base import Agent, check
 from llmrl.buffers import ReplayBatch, ReplayBuffer
 from llmrl.errors import ConfigError
 from llmrl.nets import Flatten, Obs, StackedMLP, build_encoder, has_image, mlp, obs_to_tensor, tree_map
+from llmrl.optim import FlatAdam
 
-__all__ = ["DQN", "DQNConfig", "QNetwork", "FlatAdam"]
+__all__ = ["DQN", "DQNConfig", "QNetwork"]
 
 
 @dataclass
@@ -557,76 +558,3 @@ def _flush_denormal(on: bool) -> Iterator[None]:
         yield
     finally:
         torch.set_flush_denormal(False)
-
-
-class FlatAdam:
-    """Adam (Kingma & Ba 2015) over every trainable parameter of a module, kept in one flat tensor.
-
-    Each parameter becomes a view of one flat storage and its gradient a view of another (the module and
-    its state_dict are unchanged), so zeroing, clipping the global norm and Adam's step are a handful
-    of ops on one tensor instead of an optimizer loop over parameters — on a small Q-network most of
-    the cost of a gradient step. The update is torch.optim.Adam's, run by its fused CPU/GPU kernel
-    (`torch._fused_adam_`, what `Adam(fused=True)` calls) on the one flat tensor:
-    m <- b1 m + (1-b1) g; v <- b2 v + (1-b2) g^2; p <- p - lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps).
-    Gradient-norm clipping is folded into the same kernel as its gradient divisor (`grad_scale`).
-    """
-
-    def __init__(
-        self, module: nn.Module, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
-    ):
-        params = [p for p in module.parameters() if p.requires_grad]
-        if not params:
-            raise ConfigError("the Q-network has no trainable parameters; pass a module with parameters.")
-        kinds = {(p.dtype, p.device) for p in params}
-        if len(kinds) > 1:
-            raise ConfigError(
-                f"the Q-network's parameters mix dtypes/devices {sorted(map(str, kinds))}; "
-                "cast the module to one dtype and device (e.g. net.float().to(device))."
-            )
-        flat = torch.zeros(sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device)
-        self.grad = torch.zeros_like(flat)
-        offset = 0
-        for p in params:
-            n = p.numel()
-            flat[offset : offset + n].copy_(p.detach().reshape(-1))
-            p.data = flat[offset : offset + n].view_as(p)
-            # Autograd accumulates into an existing .grad in place, so gradients land in self.grad.
-            p.grad = self.grad[offset : offset + n].view_as(p)
-            offset += n
-        self.flat = flat
-        self.lr, self.betas, self.eps = lr, betas, eps
-        self.exp_avg = torch.zeros_like(flat)
-        self.exp_avg_sq = torch.zeros_like(flat)
-        self._step = torch.zeros((), dtype=torch.float32, device=flat.device)  # the kernel's step counter
-        self._divisor = torch.ones((), dtype=flat.dtype, device=flat.device)
-
-    @property
-    def steps(self) -> int:
-        """Adam steps taken (t in the bias corrections)."""
-        return int(self._step.item())
-
-    def zero_grad(self) -> None:
-        self.grad.zero_()
-
-    @torch.no_grad()
-    def step(self, max_grad_norm: float | None = None) -> None:
-        """One Adam step on the current gradient, first clipped to global norm <= max_grad_norm if given:
-        torch.nn.utils.clip_grad_norm_ multiplies by min(1, max_norm / (norm + 1e-6)); the kernel divides by
-        the reciprocal, max(1, (norm + 1e-6) / max_norm)."""
-        divisor = None
-        if max_grad_norm is not None:
-            norm = torch.linalg.vector_norm(self.grad)
-            divisor = torch.clamp_min(norm.add_(1e-6).div_(max_grad_norm), 1.0, out=self._divisor)
-        b1, b2 = self.betas
-        self._step.add_(1)  # the kernel reads t; torch.optim.Adam increments it before the call too
-        torch._fused_adam_([self.flat], [self.grad], [self.exp_avg], [self.exp_avg_sq], [], [self._step],
-                           lr=self.lr, beta1=b1, beta2=b2, weight_decay=0.0, eps=self.eps, amsgrad=False,
-                           maximize=False, grad_scale=divisor)  # fmt: skip
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq, "steps": self.steps}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.exp_avg.copy_(state["exp_avg"])
-        self.exp_avg_sq.copy_(state["exp_avg_sq"])
-        self._step.fill_(int(state["steps"]))

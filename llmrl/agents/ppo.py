@@ -32,14 +32,23 @@ from llmrl.nets import (
     build_network,
     copy_obs_,
     empty_obs_storage,
-    flatten_parameters,
     has_image,
     is_image_space,
     mlp,
     tree_map,
 )
+from llmrl.optim import FlatAdam
 
-__all__ = ["PPO", "PPOConfig", "ActorCritic", "compute_gae", "ppo_loss_and_grads", "LossAndGrads"]
+__all__ = [
+    "PPO",
+    "PPOConfig",
+    "ActorCritic",
+    "compute_gae",
+    "ppo_loss",
+    "PPOLoss",
+    "ppo_loss_and_grads",
+    "LossAndGrads",
+]
 
 _LOG_2PI = math.log(2 * math.pi)
 _ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU}
@@ -270,6 +279,33 @@ def compute_gae(
     return np.asarray(cols, dtype=np.float32).T.reshape(rewards.shape)
 
 
+class PPOLoss(NamedTuple):
+    """One minibatch's PPO loss (with its graph) and its terms for logging."""
+
+    loss: torch.Tensor  # () pg_loss + vf_coef * v_loss - ent_coef * entropy
+    pg_loss: torch.Tensor  # () clipped surrogate loss
+    v_loss: torch.Tensor  # () value loss
+    log_ratio: torch.Tensor  # (B,) log pi(a|s) - log pi_old(a|s)
+
+
+def ppo_loss(model: ActorCritic, out: torch.Tensor, value: torch.Tensor, actions: torch.Tensor,
+             old_logp: torch.Tensor, old_values: torch.Tensor, adv: torch.Tensor, returns: torch.Tensor,
+             cfg: PPOConfig) -> PPOLoss:  # fmt: skip
+    """The PPO loss, written plainly for autograd (CleanRL's form): the reference, and the path for every
+    network but the stacked MLP (`ppo_loss_and_grads` is the same math with its gradient by hand)."""
+    log_ratio = model.log_prob(out, actions) - old_logp
+    ratio = log_ratio.exp()
+    # clipped surrogate objective (Schulman et al. 2017, eq. 7), as a loss to minimise
+    pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range)).mean()
+    if cfg.clip_range_vf is None:
+        v_loss = (value - returns).pow(2).mean()
+    else:  # PPO2's clipped value loss: the worse of clipped and unclipped
+        v_clip = old_values + (value - old_values).clamp(-cfg.clip_range_vf, cfg.clip_range_vf)
+        v_loss = torch.max((value - returns).pow(2), (v_clip - returns).pow(2)).mean()
+    loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * model.entropy(out).mean()
+    return PPOLoss(loss, pg_loss, v_loss, log_ratio)
+
+
 class LossAndGrads(NamedTuple):
     """One minibatch's PPO loss terms (for logging) and the loss's gradient w.r.t. the network outputs."""
 
@@ -354,10 +390,12 @@ class PPO(Agent):
         self.model = ActorCritic(self.observation_space, self.action_space, self.config, policy).to(
             self.device
         )
-        # one flat parameter tensor: one fused Adam kernel and one-op grad clipping (see flatten_parameters)
-        self.flat_params = flatten_parameters(self.model)
-        self.optimizer = torch.optim.Adam([self.flat_params], lr=self.config.learning_rate, eps=self.config.adam_eps,
-                                          fused=self.device.type in ("cpu", "cuda"))  # fmt: skip
+        # one flat parameter tensor: one fused Adam kernel and one-op grad clipping (llmrl.optim.FlatAdam)
+        self.optimizer = FlatAdam(self.model, self.config.learning_rate, eps=self.config.adam_eps)
+        self.flat_params = self.optimizer.flat
+        # the hand-derived loss gradient (ppo_loss_and_grads) only where it pays: the stacked MLP, whose
+        # small minibatches cost more in graph bookkeeping than in arithmetic; autograd elsewhere
+        self.hand_written_loss = self.model.pair is not None
         self.n_updates = 0
 
     # -- acting ---------------------------------------------------------------------------------------------
@@ -391,8 +429,7 @@ class PPO(Agent):
         cfg, T, N, model = self.config, self.config.n_steps, self.num_envs, self.model
         if cfg.anneal_lr:
             frac = max(1.0 - self.num_timesteps / total_timesteps, 0.0)
-            for group in self.optimizer.param_groups:
-                group["lr"] = frac * cfg.learning_rate
+            self.optimizer.lr = frac * cfg.learning_rate
 
         obs_buf = empty_obs_storage(self.observation_space, (T, N))
         rewards = np.zeros((T, N), dtype=np.float32)
@@ -448,7 +485,7 @@ class PPO(Agent):
         metrics["explained_variance"] = (
             float(1 - (returns_t - values_t)[mask].var() / var_y) if var_y > 0 else float("nan")
         )
-        metrics["learning_rate"] = self.optimizer.param_groups[0]["lr"]
+        metrics["learning_rate"] = self.optimizer.lr
         return metrics
 
     def _apply_relabel(self, infos: dict, rewards: np.ndarray, valid: np.ndarray, t: int) -> None:
@@ -495,25 +532,34 @@ class PPO(Agent):
                     e_adv = _normalize_chunks(e_adv, bs)
             for start in range(0, n, bs):
                 sl = slice(start, start + bs)
-                out, v = model.forward_train(tree_map(operator.itemgetter(sl), e_obs))
-                step = ppo_loss_and_grads(model, out.detach(), v.detach(), e_actions[sl], e_logp[sl],
-                                          e_values[sl], e_adv[sl], e_returns[sl], cfg)  # fmt: skip
-                if cfg.target_kl is not None and _approx_kl(step.log_ratio) > 1.5 * cfg.target_kl:
+                mb = (e_actions[sl], e_logp[sl], e_values[sl], e_adv[sl], e_returns[sl])
+                grad = self.optimizer.grad
+                if self.hand_written_loss:  # the stacked MLP: gradients by hand, no autograd graph
+                    out, v = model.forward_train(tree_map(operator.itemgetter(sl), e_obs))
+                    step = ppo_loss_and_grads(model, out.detach(), v.detach(), *mb, cfg)
+                    terms = (step.pg_loss, step.v_loss, step.log_ratio)
+                else:  # the reference: autograd through ppo_loss
+                    out, v = model(tree_map(operator.itemgetter(sl), e_obs))
+                    ref = ppo_loss(model, out, v, *mb, cfg)
+                    terms = (ref.pg_loss.detach(), ref.v_loss.detach(), ref.log_ratio.detach())
+                if cfg.target_kl is not None and _approx_kl(terms[2]) > 1.5 * cfg.target_kl:
                     stop = True
                     break
-                grad = self.flat_params.grad
-                grad.zero_()  # type: ignore[union-attr]
-                model.backward(out, v, step.grad_out, step.grad_value)
-                if step.grad_log_std is not None:
-                    model.log_std.grad += step.grad_log_std  # type: ignore[union-attr, operator]
+                grad.zero_()
+                if self.hand_written_loss:
+                    model.backward(out, v, step.grad_out, step.grad_value)
+                    if step.grad_log_std is not None:
+                        model.log_std.grad += step.grad_log_std  # type: ignore[union-attr, operator]
+                else:
+                    ref.loss.backward()
                 with torch.no_grad():  # clip_grad_norm_'s math on the one flat gradient
-                    grad.mul_((cfg.max_grad_norm / (grad.norm() + 1e-6)).clamp_(max=1.0))  # type: ignore[union-attr]
-                self._adam_step()
+                    grad.mul_((cfg.max_grad_norm / (grad.norm() + 1e-6)).clamp_(max=1.0))
+                self.optimizer.step()  # the gradient is clipped above
                 self.n_updates += 1
                 # diagnostics are computed once at the end from these pieces
-                pg_losses.append(step.pg_loss)
-                v_losses.append(step.v_loss)
-                log_ratios.append(step.log_ratio)
+                pg_losses.append(terms[0])
+                v_losses.append(terms[1])
+                log_ratios.append(terms[2])
                 outs.append(out.detach())
             if stop:
                 break
@@ -530,22 +576,6 @@ class PPO(Agent):
                 "clip_fraction": float(((ratio - 1).abs() > cfg.clip_range).float().mean()),
                 "n_updates": float(self.n_updates),
             }
-
-    def _adam_step(self) -> None:
-        """self.optimizer.step(), calling its fused kernel directly once the state exists: the same update
-        (the same call torch.optim.Adam(fused=True) makes), without the per-call Python wrappers, which
-        cost about a tenth of a small-network gradient step."""
-        state = self.optimizer.state.get(self.flat_params)
-        group = self.optimizer.param_groups[0]
-        if not state or not group["fused"] or isinstance(group["lr"], torch.Tensor):
-            self.optimizer.step()  # the first step creates the state
-            return
-        beta1, beta2 = group["betas"]
-        state["step"].add_(1)
-        grad: torch.Tensor = self.flat_params.grad  # type: ignore[assignment]
-        torch._fused_adam_([self.flat_params], [grad], [state["exp_avg"]], [state["exp_avg_sq"]], [], [state["step"]],
-                           amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2,
-                           weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)  # fmt: skip
 
     # -- checkpoint state -------------------------------------------------------------------------------------
 

@@ -23,7 +23,15 @@ from gymnasium.vector import AutoresetMode, SyncVectorEnv, VectorEnv
 
 from llmrl.errors import ConfigError, DependencyNotInstalled, UnknownEnvError
 
-__all__ = ["make", "ATARI_FRAME_SKIP", "ATARI_NOOP_MAX", "ATARI_SCREEN_SIZE", "ATARI_STACK", "is_atari"]
+__all__ = [
+    "make",
+    "ATARI_FRAME_SKIP",
+    "ATARI_NOOP_MAX",
+    "ATARI_SCREEN_SIZE",
+    "ATARI_STACK",
+    "is_atari",
+    "id_family",
+]
 
 # The standard Atari preprocessing (Mnih et al. 2015, Machado et al. 2018): random no-op starts, action
 # repeat with a max over the last two frames, 84x84 grey, the last 4 frames stacked -> uint8 (4, 84, 84).
@@ -97,6 +105,16 @@ def _resolve(env_id: str) -> gym.envs.registration.EnvSpec:
         else ""
     )
     raise UnknownEnvError(f"No environment registered with id {env_id!r}.{hint}{extra}")
+
+
+def id_family(env_id: str) -> str | None:
+    """The optional family an id belongs to by its name alone ("atari", "minigrid"), else None. No import,
+    no registry lookup: the one place ids are sorted into families (`llmrl.envs.family_of` sorts built
+    envs)."""
+    for family in _FAMILIES:
+        if any(p in env_id for p in family.prefixes):
+            return family.extra
+    return None
 
 
 def is_atari(env_id: str) -> bool:

@@ -13,7 +13,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from llmrl.errors import LLMRLError
+from llmrl.errors import ConfigError, LLMRLError
 
 __all__ = [
     "LLM",
@@ -40,8 +40,9 @@ class LLMUnavailableError(LLMError):
     """The model or server could not be reached after the configured retries."""
 
 
-class UnsupportedOperationError(LLMError):
-    """The backend cannot do the operation asked of it; the message names a backend that can."""
+class UnsupportedOperationError(LLMError, ConfigError):
+    """The backend cannot do the operation asked of it; the message names a backend that can. Also what a
+    role raises at construction when its LLM lacks a capability (hence a ConfigError too)."""
 
 
 class CacheMissError(LLMError):

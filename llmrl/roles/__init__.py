@@ -3,7 +3,7 @@
     from llmrl.roles import LLMFeatures, ELLMGoals, JudgeReward
     env = LLMFeatures(llmrl.make("llmrl/Grid-v0", num_envs=4), llmrl.llm.load("embedded"))
 
-`make_role(name, env, llm, **kwargs)` builds one by its CLI name (see `ROLES`).
+`make_role(name, env, llm, **kwargs)` builds one by its registered name (`llmrl.roles.registry`).
 """
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ from llmrl.errors import ConfigError
 from llmrl.roles.advice import Advisor
 from llmrl.roles.base import RoleWrapper, with_text
 from llmrl.roles.features import LLMFeatures
-from llmrl.roles.goals import ELLMGoals, SayCan, Skill
+from llmrl.roles.goals import ELLMGoals
+from llmrl.roles.registry import role_class, role_defaults, role_names
 from llmrl.roles.rewards import CLIPReward, JudgeReward, ManualReward, PreferenceReward, TextGoalReward
+from llmrl.roles.saycan import SayCan, Skill
 from llmrl.roles.world_model import LLMWorldModel, SimulatorModel, WorldModelPlanner
 
 __all__ = [
@@ -39,32 +41,25 @@ __all__ = [
     "make_role",
 ]
 
-ROLES: dict[str, Callable[..., RoleWrapper]] = {
-    "features": LLMFeatures,
-    "ellm": ELLMGoals,
-    "judge": JudgeReward,
-    "manual-reward": ManualReward,
-    "text-reward": TextGoalReward,
-    "preference": PreferenceReward,
-}
-"""CLI names of the roles (`llmrl train --role NAME`). CLIPReward takes a CLIP model rather than an
-LLM, so it is used from Python only."""
+ROLES: dict[str, Callable[..., RoleWrapper]] = {name: role_class(name) for name in role_names()}
+"""Role name -> class, from the one registry (`llmrl.roles.registry.ROLE_PATHS`)."""
 
 
-def make_role(name: str, env: Any, llm: Any, **kwargs: Any) -> RoleWrapper:
-    """Wrap `env` in the role called `name` (a key of ROLES), talking to `llm`; the state text
-    (`llmrl.envs.WithText`) is added first when nothing in the chain provides it."""
-    if name not in ROLES:
-        raise ConfigError(f"unknown role {name!r}; choose one of {', '.join(ROLES)}")
-    params = inspect.signature(ROLES[name].__init__).parameters  # type: ignore[misc]
+def make_role(name: str, env: Any, llm: Any, *, env_id: str | None = None, **kwargs: Any) -> RoleWrapper:
+    """Wrap `env` in the role called `name` (see `llmrl.roles.registry`), talking to `llm`; the state
+    text (`llmrl.envs.WithText`) is added first when nothing in the chain provides it. With `env_id`,
+    the role's defaults for that environment (`role_defaults`) apply under `kwargs`."""
+    cls = role_class(name)
+    params = inspect.signature(cls.__init__).parameters  # type: ignore[misc]
     options = [p for p in params if p not in ("self", "env", "llm")]
     unknown = [k for k in kwargs if k not in options]
     if unknown and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         raise ConfigError(
             f"role {name!r} has no option {', '.join(unknown)}; its options are {', '.join(options)}"
         )
+    kwargs = {**role_defaults(name, env_id), **kwargs}
     missing = [p.name for p in params.values() if p.name in options and p.default is p.empty
                and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name not in kwargs]  # fmt: skip
     if missing:
         raise ConfigError(f"role {name!r} needs {', '.join(missing)} (CLI: --role-args {missing[0]} <value>)")
-    return ROLES[name](with_text(env), llm, **kwargs)
+    return cls(with_text(env), llm, **kwargs)

@@ -18,7 +18,8 @@ import gymnasium as gym
 import numpy as np
 
 from llmrl.errors import ConfigError
-from llmrl.llm.base import LLM, UnsupportedOperationError
+from llmrl.llm.base import LLM
+from llmrl.roles.base import require_capabilities
 from llmrl.roles.features import DEFAULT_PROMPT, DEFAULT_TEMPLATE, Source
 
 __all__ = ["Advisor"]
@@ -55,13 +56,9 @@ class Advisor:
             max_tokens: generation length (the seed used 50).
             max_chars: the answer is cut to this many characters for the panel.
         """
-        caps = set(getattr(llm, "capabilities", ()))
-        if "generate" not in caps:
-            raise UnsupportedOperationError(f"{getattr(llm, 'name', llm)!r} cannot generate text.")
-        if source == "image" and "images" not in caps:
-            raise UnsupportedOperationError(
-                f"source='image' needs an image-text model; {getattr(llm, 'name', llm)!r} takes no images."
-            )
+        need = ["generate"] + (["images"] if source == "image" else [])
+        require_capabilities(llm, need, f"Advisor(source={source!r})",
+                             "source='image' needs an image-text model (an 'hf:' LLaVA-NeXT).")  # fmt: skip
         if source not in ("text", "image"):
             raise ConfigError(f"source={source!r} is not supported; use 'text' or 'image'.")
         if max_tokens < 1:

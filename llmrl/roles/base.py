@@ -22,8 +22,9 @@ from gymnasium.vector import AutoresetMode, VectorEnv, VectorWrapper
 from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
 
 from llmrl.errors import ConfigError
+from llmrl.llm.base import UnsupportedOperationError
 
-__all__ = ["RoleWrapper", "has_text", "with_text", "infos_to_list", "list_to_infos"]
+__all__ = ["RoleWrapper", "require_capabilities", "has_text", "with_text", "infos_to_list", "list_to_infos"]
 
 
 class RoleWrapper(gym.Wrapper):
@@ -96,7 +97,7 @@ class RoleWrapper(gym.Wrapper):
     # -- the plumbing ---------------------------------------------------------------------------
 
     @property
-    def num_envs(self) -> int:  # type: ignore[override]
+    def num_envs(self) -> int:
         return self.env.num_envs if self.is_vector else 1  # type: ignore[attr-defined]
 
     def reset(self, *, seed: Any = None, options: dict | None = None):
@@ -136,6 +137,21 @@ class RoleWrapper(gym.Wrapper):
         if return_rewards:
             return out_obs, info, rewards
         return out_obs, info
+
+
+def require_capabilities(llm: Any, need: Any, role: str, hint: str = "") -> None:
+    """The one capability check of the roles, at construction: UnsupportedOperationError (a ConfigError)
+    naming what `role` needs and what `llm` offers. A model object that declares no `capabilities` is
+    taken on trust (the protocol's calls fail later if it cannot)."""
+    caps = getattr(llm, "capabilities", None)
+    if caps is None:
+        return
+    missing = [c for c in need if c not in caps]
+    if missing:
+        raise UnsupportedOperationError(
+            f"{role} needs an LLM that can {missing}, but {getattr(llm, 'name', llm)!r} can {sorted(caps)}; "
+            + (hint or "use llmrl.llm.load('embedded') or a backend with that capability.")
+        )
 
 
 def has_text(env: gym.Env | gym.vector.VectorEnv) -> bool:

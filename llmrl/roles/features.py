@@ -31,15 +31,15 @@ import numpy as np
 from gymnasium import spaces
 
 from llmrl.errors import ConfigError
-from llmrl.llm.base import LLM, UnsupportedOperationError
-from llmrl.roles.base import RoleWrapper, has_text, with_text
+from llmrl.llm.base import LLM
+from llmrl.roles.base import RoleWrapper, has_text, require_capabilities, with_text
 
 __all__ = [
     "LLMFeatures",
     "DEFAULT_TEMPLATE",
     "DEFAULT_TOKENS",
     "DEFAULT_PROMPT",
-    "is_image_space",
+    "is_rgb_frame_space",
     "has_text",
 ]
 
@@ -57,8 +57,9 @@ Source = Literal["text", "image"]
 Kind = Literal["hidden", "logits"]
 
 
-def is_image_space(space: gym.Space) -> bool:
-    """True for an RGB frame space: uint8 Box of shape (H, W, 3)."""
+def is_rgb_frame_space(space: gym.Space) -> bool:
+    """True for an RGB frame space: uint8 Box of shape (H, W, 3) (what an image-text model reads;
+    `llmrl.nets.is_image_space` is wider: any uint8 Box of rank 2 or 3, what a conv net reads)."""
     return (
         isinstance(space, spaces.Box)
         and space.dtype == np.uint8
@@ -124,17 +125,13 @@ class LLMFeatures(RoleWrapper):
             raise ConfigError(f"memo_size={memo_size!r} must be >= 0 (0 turns the memo off).")
         if source == "text" and "{state}" not in template:
             raise ConfigError(f"template={template!r} has no '{{state}}' placeholder for the state text.")
-        caps = set(getattr(llm, "capabilities", ()))
-        if "features" not in caps:
-            raise UnsupportedOperationError(
-                f"{getattr(llm, 'name', llm)!r} cannot compute features (capabilities {sorted(caps)}); "
-                "use llmrl.llm.load('embedded') or an 'hf:' model."
-            )
-        if source == "image" and "images" not in caps:
-            raise UnsupportedOperationError(
-                f"source='image' needs an image-text model, and {getattr(llm, 'name', llm)!r} takes no "
-                "images; use source='text' (with WithText) or an 'hf:' LLaVA-NeXT model."
-            )
+        if source == "image":
+            require_capabilities(llm, ["features", "images"], "LLMFeatures(source='image')",
+                                 "source='image' needs an image-text model: use source='text' (with WithText) "
+                                 "or an 'hf:' LLaVA-NeXT model.")  # fmt: skip
+        require_capabilities(
+            llm, ["features"], "LLMFeatures", "use llmrl.llm.load('embedded') or an 'hf:' model."
+        )
         if kind == "logits":
             tokens = tuple(tokens) if tokens is not None else DEFAULT_TOKENS
             if not tokens:
@@ -156,7 +153,7 @@ class LLMFeatures(RoleWrapper):
         self._last_feat = np.zeros((n, self.dim), dtype=np.float32)
         self._last_key: list[Any] = [None] * n
         self._since = np.zeros(n, dtype=np.int64)
-        self._inner_is_image = is_image_space(
+        self._inner_is_image = is_rgb_frame_space(
             env.single_observation_space if self.is_vector else env.observation_space  # type: ignore[union-attr]
         )
 
@@ -277,7 +274,7 @@ class LLMFeatures(RoleWrapper):
         space = (
             env.single_observation_space if isinstance(env, gym.vector.VectorEnv) else env.observation_space
         )
-        shape = tuple(space.shape or ()) if is_image_space(space) else (64, 64, 3)
+        shape = tuple(space.shape or ()) if is_rgb_frame_space(space) else (64, 64, 3)
         return np.zeros(shape, dtype=np.uint8)
 
     # -- counters --------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The LLM as planner: ELLM goal suggestions (a reward wrapper) and SayCan skill selection (an agent).
+"""The LLM as planner: ELLM goal suggestions, a reward wrapper.
 
 ELLM (Du et al., "Guiding Pretraining in Reinforcement Learning with Large Language Models",
 arXiv 2302.06692): from the state text the LLM suggests k goals; when the caption of a transition
@@ -7,23 +7,16 @@ reward, and a goal achieved once is not suggested again in that episode (novelty
 
     env = ELLMGoals(WithText(gymnasium.make("MiniGrid-DoorKey-6x6-v0")), llmrl.llm.load("embedded"))
 
-SayCan (Ahn et al., "Do As I Can, Not As I Say", arXiv 2204.01691): the LLM scores each skill's
-description given the instruction and what has been done; each skill's affordance says whether it
-can succeed now; the product picks the next skill, which runs until it ends.
-
-    agent = SayCan(llm, minigrid_skills(), instruction=mission)
-    result = agent.run(env, seed=0)
-
-Both talk to the model only through the protocol (`score`, `generate`, `embed`) and read the state
-only from `info["text"]` / `info["caption"]` (llmrl.envs.WithText) — except the oracle and the
-scripted skills in `llmrl.roles.oracles`, which read the ground truth on purpose.
+It talks to the model only through the protocol (`score`, `generate`, `embed`) and reads the state
+only from `info["text"]` / `info["caption"]` (llmrl.envs.WithText); `suggest="oracle"` reads the
+ground truth `llmrl.envs.minigrid.MiniGridSubgoals` puts in `info["oracle_goals"]`, on purpose.
+SayCan, the LLM choosing skills, is in `llmrl.roles.saycan`.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import gymnasium as gym
@@ -31,7 +24,9 @@ import numpy as np
 
 from llmrl.errors import ConfigError
 from llmrl.llm.base import LLM
-from llmrl.roles.base import RoleWrapper
+from llmrl.roles.base import RoleWrapper, require_capabilities
+from llmrl.roles.registry import register_text_filter
+from llmrl.roles.registry import text_filter as resolve_text_filter
 
 __all__ = [
     "ELLMGoals",
@@ -40,9 +35,6 @@ __all__ = [
     "minigrid_summary",
     "parse_goal_list",
     "EmbeddingCache",
-    "Skill",
-    "SayCan",
-    "SayCanResult",
     "RANK_TEMPLATE",
     "GENERATE_TEMPLATE",
 ]
@@ -98,6 +90,9 @@ def minigrid_summary(text: str) -> str:
     """
     keep = [s for s in re.split(r"(?<=\.)\s+", text.strip()) if s.startswith(("Mission", "You carry"))]
     return " ".join(keep) if keep else text
+
+
+register_text_filter("minigrid_summary", minigrid_summary)
 
 
 def parse_goal_list(completion: str, k: int | None = None) -> list[str]:
@@ -226,7 +221,7 @@ class ELLMGoals(RoleWrapper):
         k: suggestions kept per state (the top k after dropping achieved goals).
         suggest: "rank" (score a candidate list, best for small base models), "generate" (free text
             parsed into a list) or "oracle" (the ground-truth next sub-goal from `info["oracle_goals"]`,
-            see `llmrl.roles.oracles.MiniGridSubgoals`; the upper bound for comparisons).
+            see `llmrl.envs.minigrid.MiniGridSubgoals`; the upper bound for comparisons).
         threshold: cosine between the caption's and a goal's embedding above which the goal counts
             as done (ELLM uses a high threshold so only close paraphrases count).
         scale: intrinsic reward for achieving a suggested goal.
@@ -244,7 +239,8 @@ class ELLMGoals(RoleWrapper):
         extrinsic: if False, the environment's reward is dropped (pure ELLM pre-training).
         text_filter: applied to `info["text"]` before it enters the prompt (and the candidate
             builder), e.g. `minigrid_summary` to keep the mission and inventory only: fewer
-            distinct prompts, so far fewer LLM calls.
+            distinct prompts, so far fewer LLM calls. A string names a registered filter
+            (`llmrl.roles.registry.TEXT_FILTERS`), so presets can hold it.
     """
 
     def __init__(
@@ -264,7 +260,7 @@ class ELLMGoals(RoleWrapper):
         template: str | None = None,
         goal_in_obs: bool = False,
         extrinsic: bool = True,
-        text_filter: Callable[[str], str] | None = None,
+        text_filter: str | Callable[[str], str] | None = None,
         max_tokens: int = 40,
     ):
         if k < 1:
@@ -278,15 +274,12 @@ class ELLMGoals(RoleWrapper):
         needs = {"embed"} | (
             {"score"} if suggest == "rank" else {"generate"} if suggest == "generate" else set()
         )
-        caps = getattr(llm, "capabilities", None)
-        if caps is not None and not needs <= set(caps):
-            raise ConfigError(
-                f"ELLMGoals(suggest={suggest!r}) needs an LLM that can {sorted(needs)}; {llm.name!r} can "
-                f"{sorted(caps)}. Use llmrl.llm.load('embedded') or choose suggest='rank'/'oracle'."
-            )
+        require_capabilities(llm, sorted(needs), f"ELLMGoals(suggest={suggest!r})",
+                             "use llmrl.llm.load('embedded') or choose suggest='rank'/'oracle'.")  # fmt: skip
         self.llm, self.k, self.suggest, self.threshold, self.scale = llm, k, suggest, threshold, scale
         self.reward_similarity, self.manual, self.refresh = reward_similarity, manual or "", refresh
-        self.goal_in_obs, self.extrinsic, self.text_filter = goal_in_obs, extrinsic, text_filter
+        self.goal_in_obs, self.extrinsic = goal_in_obs, extrinsic
+        self.text_filter = resolve_text_filter(text_filter)
         self.candidates = candidates if candidates is not None else vocabulary_candidates
         self.embeddings = EmbeddingCache(llm)
         self.suggester = GoalSuggester(
@@ -392,7 +385,7 @@ class ELLMGoals(RoleWrapper):
                 if "oracle_goals" not in info:
                     raise ConfigError(
                         "ELLMGoals(suggest='oracle') needs info['oracle_goals']; wrap each env in "
-                        "llmrl.roles.oracles.MiniGridSubgoals (or a wrapper of your own that sets it)."
+                        "llmrl.envs.minigrid.MiniGridSubgoals (or a wrapper of your own that sets it)."
                     )
                 self._goals[i] = self._novel(goals, i)[: self.k]
                 continue
@@ -446,198 +439,9 @@ class ELLMGoals(RoleWrapper):
                 "goals/refreshes": float(self._refreshes),
                 "goals/embeds": float(self.embeddings.calls),
                 "goals/achieved": float(self._achieved_total),
-                "reward/intrinsic": float(self._intrinsic_total),
-                "reward/intrinsic_per_step": self._intrinsic_total / max(self._steps, 1),
+                # a running total, so not `reward/intrinsic` (the reward roles' mean episode intrinsic return)
+                "goals/intrinsic_total": float(self._intrinsic_total),
+                "goals/intrinsic_per_step": self._intrinsic_total / max(self._steps, 1),
             }
         )
         return out
-
-
-# ---------------------------------------------------------------------------------------------
-# SayCan
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Skill:
-    """One skill: a description the LLM scores, a low-level policy, an end test and an affordance.
-
-    policy(obs, info) -> action; done(obs, info) -> bool (the skill reached its end);
-    affordance(obs, info) -> float in [0, 1] (SayCan's value function: the chance the skill succeeds
-    from here; a learned value or a feasibility check).
-    """
-
-    name: str
-    policy: Callable[[Any, dict], Any]
-    done: Callable[[Any, dict], bool]
-    affordance: Callable[[Any, dict], float] = field(default=lambda obs, info: 1.0)
-    max_steps: int = 100
-    """Steps after which the skill is stopped even if `done` never says so."""
-
-    @classmethod
-    def from_agent(
-        cls,
-        name: str,
-        agent: Any,
-        *,
-        done: Callable[[Any, dict], bool],
-        affordance: Callable[[Any, dict], float] | None = None,
-        max_steps: int = 100,
-    ) -> Skill:
-        """A skill whose policy is a trained llmrl (or SB3) agent: `agent.predict(obs)`.
-
-        Without `affordance`, the agent's value estimate `agent.value(obs)` (if it has one) squashed
-        to [0, 1] with a sigmoid is used, as SayCan uses the skill's learned value function.
-        """
-
-        def policy(obs: Any, info: dict) -> Any:
-            out = agent.predict(obs, deterministic=True)
-            act = out[0] if isinstance(out, tuple) else out
-            return np.asarray(act).reshape(-1)[0] if np.ndim(act) else act
-
-        if affordance is None and hasattr(agent, "value"):
-
-            def affordance(obs: Any, info: dict) -> float:
-                v = float(np.asarray(agent.value(obs)).reshape(-1)[0])
-                return float(1.0 / (1.0 + np.exp(-v)))
-
-        return cls(name, policy, done, affordance or (lambda obs, info: 1.0), max_steps)
-
-
-@dataclass
-class SayCanResult:
-    """What one SayCan episode did."""
-
-    success: bool
-    """The episode ended with a positive environment reward on termination."""
-    steps: int
-    total_reward: float
-    plan: list[str]
-    """The skills run, in order."""
-    choices: list[dict[str, dict[str, float]]]
-    """Per choice: each skill's {"llm": probability, "affordance": value, "combined": product}."""
-
-
-class SayCan:
-    """SayCan: pick the skill that maximises p_LLM(skill | instruction, done) x affordance(skill, state).
-
-    `score` of each skill description (as " " + name + ".") after the prompt gives the LLM part
-    (softmaxed over skills); `calibrate` subtracts the scores under a content-free prompt. The
-    chosen skill runs until its `done` test passes, the episode ends, or `max_steps`.
-
-    Use `act(obs, info)` step by step (e.g. inside `save_gif`), or `run(env)` for a whole episode.
-    """
-
-    TEMPLATE = "Task: {instruction}\nSteps done so far: {done}.\nNext step: I will"
-
-    def __init__(
-        self,
-        llm: LLM,
-        skills: Sequence[Skill],
-        *,
-        instruction: str | None = None,
-        template: str | None = None,
-        calibrate: bool = True,
-        use_affordance: bool = True,
-    ):
-        if not skills:
-            raise ConfigError("SayCan needs at least one Skill; got an empty list.")
-        names = [s.name for s in skills]
-        if len(set(names)) != len(names):
-            raise ConfigError(f"SayCan skill names must be distinct; got {names}.")
-        self.llm, self.skills, self.instruction = llm, list(skills), instruction
-        self.template, self.calibrate, self.use_affordance = (
-            template or self.TEMPLATE,
-            calibrate,
-            use_affordance,
-        )
-        self._memo: dict[str, np.ndarray] = {}
-        self.llm_calls = 0
-        self.reset()
-
-    def reset(self, instruction: str | None = None) -> None:
-        """Start a new episode (optionally with a new instruction)."""
-        if instruction is not None:
-            self.instruction = instruction
-        self.done_skills: list[str] = []
-        self.choices: list[dict[str, dict[str, float]]] = []
-        self._current: Skill | None = None
-        self._steps_in_skill = 0
-
-    def llm_probs(self, instruction: str, done: Sequence[str]) -> np.ndarray:
-        """p_LLM over the skills, shape (len(skills),); one `score` call per distinct prompt."""
-        prompt = self.template.format(instruction=instruction, done=", ".join(done) or "nothing")
-        if prompt not in self._memo:
-            conts = [" " + s.name + "." for s in self.skills]
-            scores = np.asarray(self.llm.score(prompt, conts), dtype=np.float64)
-            self.llm_calls += 1
-            if self.calibrate:
-                free = self.template.format(instruction="N/A", done="N/A")
-                if free not in self._memo:
-                    self._memo[free] = np.asarray(self.llm.score(free, conts), dtype=np.float64)
-                    self.llm_calls += 1
-                scores = scores - self._memo[free]
-            self._memo[prompt] = scores
-        s = self._memo[prompt]
-        p = np.exp(s - s.max())
-        return p / p.sum()
-
-    def select(self, obs: Any, info: dict) -> Skill:
-        """The next skill for this state: argmax of p_LLM x affordance."""
-        instruction = self.instruction or str(info.get("mission") or info.get("text") or "")
-        p = self.llm_probs(instruction, self.done_skills)
-        # A skill whose end test already holds has nothing left to do: affordance 0 (else a
-        # "go to the door" while facing it would be picked, end at once, and be picked again).
-        aff = np.array(
-            [
-                0.0 if s.done(obs, info) else float(s.affordance(obs, info)) if self.use_affordance else 1.0
-                for s in self.skills
-            ]
-        )
-        combined = p * aff
-        self.choices.append(
-            {
-                s.name: {"llm": float(p[j]), "affordance": float(aff[j]), "combined": float(combined[j])}
-                for j, s in enumerate(self.skills)
-            }
-        )
-        return self.skills[int(np.argmax(combined))]
-
-    def act(self, obs: Any, info: dict) -> Any:
-        """The primitive action for this step; picks a new skill when the current one has ended."""
-        cur = self._current
-        if cur is not None and (cur.done(obs, info) or self._steps_in_skill >= cur.max_steps):
-            self.done_skills.append(cur.name)
-            cur = self._current = None
-        if cur is None:
-            cur = self._current = self.select(obs, info)
-            self._steps_in_skill = 0
-        self._steps_in_skill += 1
-        return cur.policy(obs, info)
-
-    @property
-    def current_skill(self) -> str | None:
-        return self._current.name if self._current else None
-
-    def run(self, env: gym.Env, *, seed: int | None = None, max_steps: int = 1000) -> SayCanResult:
-        """One episode on a single env with SayCan choosing skills."""
-        obs, info = env.reset(seed=seed)
-        self.reset(self.instruction)
-        plan: list[str] = []
-        total, steps, terminated, reward = 0.0, 0, False, 0.0
-        for steps in range(1, max_steps + 1):  # noqa: B007 - steps is read after the loop
-            action = self.act(obs, info)
-            if self._steps_in_skill == 1:  # a skill was (re)chosen this step
-                plan.append(self.current_skill or "")
-            obs, r, terminated, truncated, info = env.step(action)
-            reward = float(r)
-            total += float(reward)
-            if terminated or truncated:
-                break
-        return SayCanResult(
-            success=bool(terminated and reward > 0),
-            steps=steps,
-            total_reward=total,
-            plan=plan,
-            choices=list(self.choices),
-        )

@@ -9,7 +9,7 @@ import torch
 from gymnasium import spaces
 
 from llmrl.agents import PPO
-from llmrl.agents.ppo import compute_gae, ppo_loss_and_grads
+from llmrl.agents.ppo import compute_gae, ppo_loss, ppo_loss_and_grads
 from llmrl.errors import CheckpointError, ConfigError
 
 FAST = dict(n_steps=32, batch_size=16, n_epochs=2)
@@ -191,19 +191,6 @@ def test_bad_configs_raise_clear_errors(bad, match):
         PPO(gym.make("CartPole-v1"), **bad)
 
 
-def _autograd_ppo_loss(model, out, value, actions, old_logp, old_values, adv, returns, cfg):
-    """The PPO loss written plainly for autograd (the reference the hand-written gradients must match)."""
-    logp = model.log_prob(out, actions)
-    ratio = (logp - old_logp).exp()
-    pg = -torch.min(adv * ratio, adv * ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range)).mean()
-    if cfg.clip_range_vf is None:
-        v_loss = (value - returns).pow(2).mean()
-    else:
-        v_clip = old_values + (value - old_values).clamp(-cfg.clip_range_vf, cfg.clip_range_vf)
-        v_loss = torch.max((returns - value).pow(2), (returns - v_clip).pow(2)).mean()
-    return pg + cfg.vf_coef * v_loss - cfg.ent_coef * model.entropy(out).mean()
-
-
 @pytest.mark.parametrize("discrete", [True, False])
 @pytest.mark.parametrize("clip_range_vf", [None, 0.3])
 @pytest.mark.parametrize("ent_coef", [0.0, 0.05])
@@ -222,7 +209,7 @@ def test_hand_written_loss_gradients_match_autograd(discrete, clip_range_vf, ent
     step = ppo_loss_and_grads(model, out, value, actions, old_logp, old_values, adv, returns, cfg)
     out_, value_ = out.clone().requires_grad_(), value.clone().requires_grad_()
     params = [out_, value_] + ([] if discrete else [model.log_std])
-    loss = _autograd_ppo_loss(model, out_, value_, actions, old_logp, old_values, adv, returns, cfg)
+    loss = ppo_loss(model, out_, value_, actions, old_logp, old_values, adv, returns, cfg).loss
     grads = torch.autograd.grad(loss, params)
     torch.testing.assert_close(step.grad_out, grads[0])
     torch.testing.assert_close(step.grad_value, grads[1])
@@ -231,3 +218,57 @@ def test_hand_written_loss_gradients_match_autograd(discrete, clip_range_vf, ent
     assert step.pg_loss + cfg.vf_coef * step.v_loss == pytest.approx(
         float(loss.detach()) + ent_coef * float(model.entropy(out).mean().detach()), abs=1e-5
     )
+
+
+@pytest.mark.parametrize("discrete", [True, False])
+def test_a_whole_hand_written_update_equals_the_autograd_update(discrete):
+    """The stacked MLP's fast path (hand-written loss gradient and backward) against the reference path
+    (autograd through ppo_loss) on the same rollouts: the same parameters after several minibatches."""
+    action_space = spaces.Discrete(3) if discrete else spaces.Box(-1, 1, (2,), np.float32)
+
+    class SameObservations(_ToyEnv):  # both agents must see the same rollout
+        def reset(self, *, seed=None, options=None):
+            return super().reset(seed=0 if seed is None else seed)
+
+    agents = []
+    for hand in (True, False):
+        env = SameObservations(spaces.Box(-1, 1, (5,), np.float32), action_space)
+        agent = PPO(env, seed=0, n_steps=64, batch_size=16, n_epochs=2, ent_coef=0.01, clip_range_vf=0.2,
+                    log_std_init=-0.3)  # fmt: skip
+        assert agent.hand_written_loss  # a vector observation gets the stacked MLP
+        agent.hand_written_loss = hand
+        agent.learn(64, progress_bar=False)
+        agents.append(agent)
+    fast, ref = agents
+    assert fast.n_updates == ref.n_updates >= 8
+    for p, q in zip(fast.model.parameters(), ref.model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("discrete", [True, False])
+def test_hand_written_distribution_matches_torch_distributions(discrete):
+    action_space = spaces.Discrete(4) if discrete else spaces.Box(-1, 1, (3,), np.float32)
+    agent = PPO(_ToyEnv(spaces.Box(-1, 1, (5,), np.float32), action_space), seed=0, log_std_init=-0.3)
+    model, g = agent.model, torch.Generator().manual_seed(2)
+    out = torch.randn(64, model.n_out, generator=g)
+    if discrete:
+        dist: torch.distributions.Distribution = torch.distributions.Categorical(logits=out)
+        actions = torch.randint(0, 4, (64,), generator=g)
+    else:
+        std = model.log_std.exp().expand_as(out)
+        dist = torch.distributions.Independent(torch.distributions.Normal(out, std), 1)
+        actions = torch.randn(64, 3, generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(model.log_prob(out, actions), dist.log_prob(actions))
+        torch.testing.assert_close(model.entropy(out), dist.entropy())
+        # sampling: the empirical distribution of many draws from one state matches the policy's
+        torch.manual_seed(3)
+        one = out[:1].expand(20_000, -1)
+        draws = model.sample(one, deterministic=False)
+        if discrete:
+            freq = torch.bincount(draws, minlength=4).float() / len(draws)
+            torch.testing.assert_close(freq, torch.softmax(out[0], -1), atol=0.015, rtol=0)
+        else:
+            torch.testing.assert_close(draws.mean(0), out[0], atol=0.02, rtol=0)
+            torch.testing.assert_close(draws.std(0), model.log_std.exp(), atol=0.02, rtol=0)
+        assert torch.equal(model.sample(out, deterministic=True), out.argmax(-1) if discrete else out)

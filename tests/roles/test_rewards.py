@@ -405,11 +405,11 @@ DOORKEY_SEED0_SOLUTION = [1, 3, 2, 2, 1, 5, 2, 2, 1, 2, 2]  # found by breadth-f
 
 
 @pytest.fixture(scope="module")
-def embedded():
-    pytest.importorskip("llama_cpp")
-    import llmrl.llm
+def embedded_cached(embedded):
+    """The session's embedded model behind an in-memory cache (these tests ask repeated prompts)."""
+    from llmrl.llm.cache import CachedLLM
 
-    return llmrl.llm.load("embedded", cache=":memory:")
+    return CachedLLM(embedded, cache=":memory:")
 
 
 def grid_policy(target: str):
@@ -448,11 +448,11 @@ def first_seed(policy, caption, *, min_events=1):
     raise AssertionError(f"no seed gives {caption!r}")
 
 
-def test_real_judge_says_yes_to_success_and_no_to_failure_on_grid(embedded):
+def test_real_judge_says_yes_to_success_and_no_to_failure_on_grid(embedded_cached):
     from llmrl.envs import WithText
 
     win, lose = grid_policy("goal"), grid_policy("puddle")
-    env = JudgeReward(WithText(gym.make(GRID)), embedded, objective=GRID_OBJECTIVE)
+    env = JudgeReward(WithText(gym.make(GRID)), embedded_cached, objective=GRID_OBJECTIVE)
     # episodes with slips and bumps on the way: the default judge reads the outcome (the last event)
     success = play(env, win, first_seed(win, "reached the goal", min_events=3))
     failure = play(env, lose, first_seed(lose, "fell into the puddle", min_events=3))
@@ -462,13 +462,13 @@ def test_real_judge_says_yes_to_success_and_no_to_failure_on_grid(embedded):
     assert m["judge/judgements"] == 2 and m["judge/yes"] == 1 and m["llm/calls"] >= 4
 
 
-def test_real_judge_says_yes_to_success_and_no_to_failure_on_doorkey(embedded):
+def test_real_judge_says_yes_to_success_and_no_to_failure_on_doorkey(embedded_cached):
     pytest.importorskip("minigrid")
     import minigrid  # noqa: F401  (registers the ids)
 
     from llmrl.envs import WithText
 
-    env = JudgeReward(WithText(gym.make(DOORKEY)), embedded, objective=DOORKEY_OBJECTIVE)
+    env = JudgeReward(WithText(gym.make(DOORKEY)), embedded_cached, objective=DOORKEY_OBJECTIVE)
     env.reset(seed=0)
     infos = [env.step(a)[-1] for a in DOORKEY_SEED0_SOLUTION]
     assert [i["caption"] for i in infos if i["caption"]] == [
@@ -481,10 +481,10 @@ def test_real_judge_says_yes_to_success_and_no_to_failure_on_doorkey(embedded):
     assert len(failure) == 250 and failure[-1][1]["intrinsic_reward"] == 0.0
 
 
-def test_real_manual_reward_signs_for_grid_goal_and_puddle(embedded):
+def test_real_manual_reward_signs_for_grid_goal_and_puddle(embedded_cached):
     from llmrl.envs import WithText
 
-    env = ManualReward(WithText(gym.make(GRID)), embedded, scale=0.5)
+    env = ManualReward(WithText(gym.make(GRID)), embedded_cached, scale=0.5)
     signs = {a.event: a.sign for a in env.answers.values()}
     assert signs["reaching the goal"] == 1 and signs["falling into a puddle"] == -1
     lose = grid_policy("puddle")
@@ -492,12 +492,12 @@ def test_real_manual_reward_signs_for_grid_goal_and_puddle(embedded):
     assert steps[-1][1]["intrinsic_reward"] == -0.5 and steps[-1][0] == pytest.approx(-1.5)
 
 
-def test_real_text_goal_reward_relabels_a_grid_episode(embedded):
+def test_real_text_goal_reward_relabels_a_grid_episode(embedded_cached):
     from llmrl.envs import WithText
 
     env = TextGoalReward(
         WithText(gym.make(GRID)),
-        embedded,
+        embedded_cached,
         goal="the cat is on the goal",
         alpha=0.5,
         baseline="a cat on a grid",
@@ -510,12 +510,12 @@ def test_real_text_goal_reward_relabels_a_grid_episode(embedded):
     assert env.llmrl_metrics()["textgoal/states_scored"] == len(steps)
 
 
-def test_real_preference_reward_fits_and_rewards(embedded, tmp_path):
+def test_real_preference_reward_fits_and_rewards(embedded_cached, tmp_path):
     from llmrl.envs import WithText
 
     env = PreferenceReward(
         WithText(gym.make(GRID)),
-        embedded,
+        embedded_cached,
         goal=GRID_OBJECTIVE,
         warmup_steps=30,
         n_pairs=4,
@@ -567,14 +567,14 @@ def test_tiny_clip_reward_scores_grid_frames_and_relabels(tmp_path):
         CLIPReward(gym.make(GRID), clip, goal=goal)
 
 
-def test_sb3_ppo_trains_on_a_manual_reward_env(embedded):
+def test_sb3_ppo_trains_on_a_manual_reward_env(embedded_cached):
     sb3 = pytest.importorskip("stable_baselines3")
     import torch
 
     from llmrl.envs import WithText
 
     torch.set_num_threads(1)
-    env = ManualReward(WithText(gym.make(GRID)), embedded, scale=0.1)
+    env = ManualReward(WithText(gym.make(GRID)), embedded_cached, scale=0.1)
     model = sb3.PPO("MlpPolicy", env, n_steps=256, batch_size=64, n_epochs=4, seed=0, verbose=0)
     model.learn(3072)
     m = env.llmrl_metrics()
@@ -583,12 +583,12 @@ def test_sb3_ppo_trains_on_a_manual_reward_env(embedded):
 
 
 @pytest.mark.slow
-def test_llmrl_dqn_applies_deferred_text_goal_rewards_on_a_vector_env(embedded):
+def test_llmrl_dqn_applies_deferred_text_goal_rewards_on_a_vector_env(embedded_cached):
     import llmrl
     from llmrl.envs import WithText
 
     env = TextGoalReward(
-        WithText(llmrl.make(GRID, num_envs=2)), embedded, goal="the cat is at the goal", scale=0.1
+        WithText(llmrl.make(GRID, num_envs=2)), embedded_cached, goal="the cat is at the goal", scale=0.1
     )
     agent = llmrl.DQN(env, seed=0, learning_starts=50)
     agent.learn(200, progress_bar=False)

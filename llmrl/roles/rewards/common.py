@@ -23,7 +23,7 @@ import numpy as np
 
 from llmrl.errors import ConfigError
 from llmrl.llm.base import LLM
-from llmrl.roles.base import RoleWrapper
+from llmrl.roles.base import RoleWrapper, require_capabilities
 
 __all__ = ["RewardRole", "add_relabel", "yes_no_prompt_logit", "check_llm"]
 
@@ -54,12 +54,7 @@ def check_llm(llm: Any, need: Sequence[str], role: str) -> None:
         raise ConfigError(
             f"{role} needs an LLM backend (llmrl.llm.load('embedded') or similar), got {type(llm).__name__}."
         )
-    missing = [c for c in need if c not in llm.capabilities]
-    if missing:
-        raise ConfigError(
-            f"{role} needs an LLM that can {missing}, but {llm.name!r} offers {sorted(llm.capabilities)}; "
-            "use llmrl.llm.load('embedded') or a backend with that capability."
-        )
+    require_capabilities(llm, need, role)
 
 
 def yes_no_prompt_logit(

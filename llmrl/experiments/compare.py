@@ -1,15 +1,13 @@
-"""Baseline PPO vs ELLM-guided PPO on a sparse-reward MiniGrid task, side by side: the planner comparison.
+"""Baseline vs LLM-guided PPO on a sparse-reward MiniGrid task, side by side: the comparison harness.
 
-    from llmrl.planner import compare, markdown_table, plot_success
-    results = compare("MiniGrid-DoorKey-6x6-v0", methods=("baseline", "ellm", "oracle"), seeds=(0, 1),
-                      total_timesteps=150_000)
+    from llmrl.experiments.compare import compare, markdown_table, plot_success
+    results = compare(methods=("baseline", "ellm", "oracle"), seeds=(0, 1))
     print(markdown_table(results)); plot_success(results, "success.png")
 
-Each run trains llmrl's PPO on a vector env of `doorkey_env`s (flat egocentric 7x7x3 view, the state in
-words in `info`), logs every finished episode's success (extrinsic reward > 0 on termination) and
-returns it with the LLM counters. "ellm" ranks goals with the LLM (`ELLMGoals(suggest="rank")`),
-"oracle" takes the ground-truth next sub-goal, "baseline" has no LLM.
-This module sits above roles and agents (like the CLI): it builds both.
+Every method is a preset (`METHODS`): "baseline" is `doorkey-ppo`, "ellm" is `doorkey-ellm` (goals
+ranked by the LLM, with the manual and text filter the role takes on MiniGrid), "oracle" is `doorkey-ellm`
+taking the ground-truth next sub-goal instead. Each run logs every finished episode's success (extrinsic
+reward > 0 on termination) and returns it with the LLM counters.
 """
 
 from __future__ import annotations
@@ -22,65 +20,52 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from llmrl.errors import ConfigError, optional_import
+from llmrl.errors import ConfigError
+from llmrl.experiments.presets import load_preset
+from llmrl.experiments.run import TrainConfig, agent_class, build_env, train_config
 from llmrl.roles.base import RoleWrapper
-from llmrl.roles.goals import ELLMGoals, minigrid_summary
-from llmrl.roles.oracles import MiniGridSubgoals
 
 __all__ = [
-    "DOORKEY_PPO",
-    "ELLM_DEFAULTS",
+    "METHODS",
     "RunResult",
     "EpisodeLog",
-    "doorkey_env",
+    "method_config",
     "compare",
     "run_one",
     "markdown_table",
     "plot_success",
 ]
 
-DOORKEY_PPO: dict[str, Any] = dict(
-    n_steps=128, batch_size=256, n_epochs=4, learning_rate=7e-4, ent_coef=0.01, gamma=0.99, gae_lambda=0.95
-)
-"""PPO settings for MiniGrid DoorKey with 8 envs (close to rl-starter-files' PPO for MiniGrid)."""
-
-ELLM_DEFAULTS: dict[str, Any] = dict(
-    k=3, threshold=0.6, scale=0.2, refresh="event", calibrate=True, text_filter=minigrid_summary
-)
-"""ELLMGoals settings used by `compare` for both "ellm" and "oracle" (override with `ellm=`); the
-env's manual is passed too. Chosen on fixed DoorKey states (benchmarks/planner.py, ranking table):
-mission + inventory + manual, calibrated, puts the oracle's sub-goal in the top 2 in every phase."""
-
-METHODS = ("baseline", "ellm", "oracle")
+METHODS: dict[str, tuple[str, dict[str, Any]]] = {
+    "baseline": ("doorkey-ppo", {}),
+    "ellm": ("doorkey-ellm", {}),
+    "oracle": ("doorkey-ellm", {"role_args": {"suggest": "oracle"}, "env_args": {"oracle": True}}),
+}
+"""Method -> (preset, settings over it)."""
 
 
-class _FlatImage(gym.ObservationWrapper):
-    """MiniGrid's egocentric (7, 7, 3) view as a float32 vector (147,) scaled to [0, 1]."""
-
-    def __init__(self, env: gym.Env):
-        super().__init__(env)
-        shape = env.observation_space["image"].shape  # type: ignore[index]
-        self.observation_space = gym.spaces.Box(0.0, 1.0, (int(np.prod(shape)),), np.float32)
-
-    def observation(self, obs: dict) -> np.ndarray:
-        # object ids go up to 10, colours to 5, states to 2 (minigrid.core.constants)
-        return obs["image"].reshape(-1).astype(np.float32) / 10.0
-
-
-def doorkey_env(
-    env_id: str = "MiniGrid-DoorKey-6x6-v0", *, text: bool = True, oracle: bool = False, **kwargs: Any
-) -> gym.Env:
-    """One MiniGrid env for PPO: flat (147,) observation; `info["text"]`/`["caption"]` with `text`;
-    `info["oracle_goals"]` with `oracle`. `kwargs` go to `gym.make` (e.g. render_mode)."""
-    optional_import("minigrid", "minigrid")  # registers the MiniGrid ids
-    env: gym.Env = gym.make(env_id, **kwargs)
-    if text:
-        from llmrl.envs import WithText
-
-        env = WithText(env)
-    if oracle:
-        env = MiniGridSubgoals(env)
-    return _FlatImage(env)
+def method_config(
+    method: str,
+    *,
+    seed: int = 0,
+    env_id: str | None = None,
+    total_timesteps: int | None = None,
+    num_envs: int | None = None,
+    ppo: dict[str, Any] | None = None,
+) -> TrainConfig:
+    """The TrainConfig of `method`: its preset, the method's settings, then the given overrides."""
+    if method not in METHODS:
+        raise ConfigError(f"method={method!r} is not one of {tuple(METHODS)}.")
+    preset, extra = METHODS[method]
+    data = load_preset(preset)
+    for key in ("role_args", "env_args"):
+        data[key] = {**(data.get(key) or {}), **extra.get(key, {})}
+    data["ppo"] = {**(data.get("ppo") or {}), **(ppo or {})}
+    data["seed"] = seed
+    for key, value in (("env", env_id), ("steps", total_timesteps), ("num_envs", num_envs)):
+        if value is not None:
+            data[key] = value
+    return train_config(data)
 
 
 class EpisodeLog(RoleWrapper):
@@ -120,7 +105,7 @@ class RunResult:
     """Env steps trained."""
     wall_s: float
     metrics: dict[str, float] = field(default_factory=dict)
-    """The ELLM wrapper's counters (llm/calls, llm/hits, goals/prompts, reward/intrinsic, ...)."""
+    """The ELLM wrapper's counters (llm/calls, llm/hits, goals/prompts, goals/intrinsic_total, ...)."""
 
     def rolling(self, window: int = 100) -> tuple[np.ndarray, np.ndarray]:
         """(steps, success rate over the last `window` episodes), one point per episode from the
@@ -146,9 +131,9 @@ def run_one(
     method: str,
     seed: int,
     *,
-    env_id: str = "MiniGrid-DoorKey-6x6-v0",
-    total_timesteps: int = 150_000,
-    num_envs: int = 8,
+    env_id: str | None = None,
+    total_timesteps: int | None = None,
+    num_envs: int | None = None,
     llm: Any = None,
     ellm: dict[str, Any] | None = None,
     ppo: dict[str, Any] | None = None,
@@ -157,33 +142,29 @@ def run_one(
     progress_bar: bool = False,
     callback: Callable[[Any, dict], Any] | None = None,
 ) -> RunResult:
-    """Train one PPO run of `method` ("baseline", "ellm" or "oracle").
+    """Train one PPO run of `method` ("baseline", "ellm" or "oracle") from its preset (`METHODS`).
 
+    env_id, total_timesteps, num_envs: override the preset's env, steps and num_envs. `ellm`: role
+    options over the preset's (Python values, callables included); `ppo`: PPO settings over the preset's.
     stop_at: end the run early once the rolling success over `window` episodes reaches this
     (None: train the whole budget). `llm` is an LLM object or a spec for `llmrl.llm.load`
     (needed by "ellm"; "oracle" uses it only to embed captions).
     """
-    from llmrl.agents.ppo import PPO
+    cfg = method_config(method, seed=seed, env_id=env_id, total_timesteps=total_timesteps, num_envs=num_envs,
+                        ppo=ppo)  # fmt: skip
+    if cfg.role != "none" and (llm is None or isinstance(llm, str)):
+        from llmrl.llm import load
 
-    if method not in METHODS:
-        raise ConfigError(f"method={method!r} is not one of {METHODS}.")
-    text = method != "baseline"
-    venv = gym.vector.SyncVectorEnv(
-        [lambda: doorkey_env(env_id, text=text, oracle=method == "oracle") for _ in range(num_envs)]
-    )
-    log = EpisodeLog(venv)
-    env: Any = log
-    role: ELLMGoals | None = None
-    if method != "baseline":
-        if llm is None or isinstance(llm, str):
-            from llmrl.llm import load
+        llm = load(llm or cfg.llm)
+    logs: list[EpisodeLog] = []
 
-            llm = load(llm or "embedded")
-        from llmrl.envs import manual
+    def log_episodes(env: Any) -> EpisodeLog:
+        logs.append(EpisodeLog(env))
+        return logs[-1]
 
-        kwargs = {**ELLM_DEFAULTS, "manual": manual(env_id), **(ellm or {})}
-        role = env = ELLMGoals(log, llm, suggest="rank" if method == "ellm" else "oracle", **kwargs)
-    agent = PPO(env, seed=seed, **{**DOORKEY_PPO, **(ppo or {})})
+    env, _ = build_env(cfg, llm=llm, inner=log_episodes, role_kwargs=ellm)
+    log = logs[0]
+    agent: Any = agent_class(cfg.algo)(env, seed=seed, **cfg.algo_config())
 
     def cb(a: Any, metrics: dict) -> Any:
         if callback is not None and callback(a, metrics) is False:
@@ -192,9 +173,9 @@ def run_one(
         return not (stop_at is not None and rate is not None and rate >= stop_at)
 
     t0 = time.perf_counter()
-    agent.learn(total_timesteps, progress_bar=progress_bar, callback=cb)
+    agent.learn(cfg.steps, progress_bar=progress_bar, callback=cb)
     wall = time.perf_counter() - t0
-    venv.close()
+    env.close()
     eps = log.episodes
     return RunResult(
         method=method,
@@ -203,17 +184,17 @@ def run_one(
         episode_success=np.array([ok for _, ok in eps], dtype=bool),
         timesteps=int(agent.num_timesteps),
         wall_s=wall,
-        metrics=role.llmrl_metrics() if role is not None else {},
+        metrics=env.llmrl_metrics() if env is not log else {},
     )
 
 
 def compare(
-    env_id: str = "MiniGrid-DoorKey-6x6-v0",
+    env_id: str | None = None,
     *,
-    methods: Sequence[str] = METHODS,
+    methods: Sequence[str] = tuple(METHODS),
     seeds: Sequence[int] = (0,),
-    total_timesteps: int = 150_000,
-    num_envs: int = 8,
+    total_timesteps: int | None = None,
+    num_envs: int | None = None,
     llm: Any = None,
     ellm: dict[str, Any] | None = None,
     ppo: dict[str, Any] | None = None,
@@ -224,11 +205,12 @@ def compare(
 ) -> list[RunResult]:
     """Every method x seed, one after the other, sharing one LLM (so its cache warms once).
 
-    Returns the runs in order; `on_result` is called after each (e.g. to print progress).
+    Arguments as in `run_one`. Returns the runs in order; `on_result` is called after each (e.g. to
+    print progress).
     """
     for m in methods:
         if m not in METHODS:
-            raise ConfigError(f"methods contains {m!r}; choose from {METHODS}.")
+            raise ConfigError(f"methods contains {m!r}; choose from {tuple(METHODS)}.")
     if any(m != "baseline" for m in methods) and (llm is None or isinstance(llm, str)):
         from llmrl.llm import load
 
@@ -271,7 +253,7 @@ def markdown_table(results: Sequence[RunResult], *, level: float = 0.9, window: 
             f"| {m} | {reached}/{len(rs)} | {'>' if cens else ''}{med:,.0f} | {ratio} | "
             f"{np.mean([r.final_success(window) for r in rs]):.2f} | {np.mean([r.wall_s for r in rs]):.0f} | "
             f"{mean('goals/prompts'):.0f} | {mean('llm/calls'):.0f} | {mean('llm/hits'):.0f} | "
-            f"{mean('reward/intrinsic_per_step'):.4f} |"
+            f"{mean('goals/intrinsic_per_step'):.4f} |"
         )
     return "\n".join(rows)
 

@@ -13,35 +13,41 @@ from __future__ import annotations
 import csv
 import dataclasses
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
-from llmrl.planner import (
-    DOORKEY_PPO,
-    ELLM_DEFAULTS,
-    RunResult,
-    doorkey_env,
-    markdown_table,
-    plot_success,
-    run_one,
-)
+from llmrl.experiments.compare import RunResult, markdown_table, method_config, plot_success, run_one
+from llmrl.experiments.run import build_env, config_data
 
-if TYPE_CHECKING:
-    from llmrl.cli import DemoConfig
-
-__all__ = ["run_demo"]
+__all__ = ["DemoConfig", "run_demo"]
 
 METHODS = ("baseline", "ellm")
+"""The demo's two agents: the `doorkey-ppo` and `doorkey-ellm` presets (`llmrl.experiments.compare`)."""
+
+
+@dataclass
+class DemoConfig:
+    """Baseline PPO vs LLM-guided PPO (ELLM goals from the embedded model) on a sparse-reward task."""
+
+    env: str = "MiniGrid-DoorKey-5x5-v0"
+    """A MiniGrid task with sub-goals (key, door, goal)."""
+    steps: int = 60_000
+    """Environment steps for each agent."""
+    seed: int = 0
+    """Seed of both agents."""
+    llm: str = "embedded"
+    """LLM spec for the guided agent."""
+    out: Path | None = None
+    """Output folder; default runs/demo-<time>."""
 
 
 def run_demo(cfg: DemoConfig) -> Path:
     """Train both agents, print the comparison, write curves, GIF, metrics and config; return the folder."""
-    from llmrl.envs import manual
     from llmrl.llm import load
     from llmrl.render import save_gif
-    from llmrl.roles.goals import ELLMGoals
 
     out = Path(cfg.out or Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
@@ -74,14 +80,14 @@ def run_demo(cfg: DemoConfig) -> Path:
     _write_metrics(results, out)
 
     # What the trained guided agent does, with the LLM's current goals and the action probabilities.
-    ellm = {**ELLM_DEFAULTS, "manual": manual(cfg.env)}  # as run_one builds it, so the prompts hit the cache
-    env = ELLMGoals(doorkey_env(cfg.env, text=True, render_mode="rgb_array"), llm, suggest="rank", **ellm)
+    # built as run_one builds it, so the prompts hit the cache
+    guided = method_config("ellm", seed=cfg.seed, env_id=cfg.env, total_timesteps=cfg.steps)
+    env, _ = build_env(guided, num_envs=1, render_mode="rgb_array", llm=llm)
     gif = save_gif(agents["ellm"], env, out / "agent.gif", max_steps=60, annotate=_goals_panel, seed=cfg.seed)
     env.close()
 
     config = {"demo": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()},
-              "ppo": DOORKEY_PPO, "ellm": {k: getattr(v, "__name__", v) for k, v in ellm.items()},
-              "llm_name": llm.name}  # fmt: skip
+              "ellm": config_data(guided), "llm_name": llm.name}  # fmt: skip
     (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     print(f"\nwrote {out}/: success.png (learning curves), {Path(gif).name} (the guided agent and its LLM goals), "
           "episodes.csv and summary.csv (metrics), comparison.md, config.yaml")  # fmt: skip
