@@ -35,6 +35,7 @@ from llmrl.errors import ConfigError
 from llmrl.llm.base import LLM
 from llmrl.llm.common import check_capabilities
 from llmrl.llm.lora import add_lora
+from llmrl.roles.base import RoleWrapper
 
 __all__ = [
     "LLMWorldModel",
@@ -47,6 +48,7 @@ __all__ = [
     "useful_actions",
     "imagine",
     "accuracy",
+    "WorldModelMonitor",
 ]
 
 Target = Literal["full", "diff"]
@@ -122,9 +124,10 @@ def _obs_of(u: Any) -> Any:
 
 
 def _keys(text: str) -> list[str] | None:
+    """The line names of a structured state (two or more `name: value` lines), else None (free text)."""
     lines = text.split("\n")
     keys = [ln.partition(": ")[0] for ln in lines if ": " in ln]
-    return keys if len(keys) == len(lines) else None
+    return keys if len(keys) == len(lines) > 1 else None
 
 
 def _parse(completion: str, state: str, target: Target) -> tuple[str, float, bool] | None:
@@ -569,3 +572,101 @@ def imagine(
         if nxt is not None and p.confidences[i] >= min_confidence:
             out.append(Transition(s, a, nxt, float(p.rewards[i]), bool(p.dones[i]), source="imagined"))
     return out
+
+
+# -- the role: the world model's accuracy in the training log ---------------------------------------------
+
+
+def _action_words(env: Any) -> tuple[str, ...]:
+    """The action words of the first env found down the wrapper chain (vector envs: their first env)."""
+    from llmrl.envs.transitions import action_names
+
+    e = env
+    while e is not None:
+        for candidate in (e, *(getattr(e, "envs", None) or ())[:1]):
+            try:
+                return action_names(candidate)
+            except (ConfigError, AttributeError):
+                continue
+        e = getattr(e, "env", None)
+    raise ConfigError("no action words for this env; pass actions=[...] (one word per action id)")
+
+
+class WorldModelMonitor(RoleWrapper):
+    """`llmrl train --role world-model`: the LLM predicts each next state text while the agent trains,
+    and the training log gets its accuracy (`wm/exact`, `wm/reward`, `wm/done`, `wm/unparseable`).
+
+    The first `shots` real transitions with distinct actions become the few-shot examples; then one env
+    step in `every` is predicted (per env). The env's reward and observations are unchanged: the role
+    only measures, so an agent trains as without it. `info["wm_prediction"]` holds the last prediction.
+    """
+
+    def __init__(
+        self,
+        env: Any,
+        llm: LLM,
+        *,
+        shots: int = 3,
+        every: int = 1,
+        target: Target = "full",
+        manual: str | None = None,
+        actions: Sequence[str] | None = None,
+        max_tokens: int = 96,
+    ) -> None:
+        super().__init__(env)
+        if shots < 1 or every < 1:
+            raise ConfigError(f"shots and every must be >= 1, got {shots} and {every}")
+        self.words = tuple(actions) if actions is not None else _action_words(env)
+        self.llm, self.shots, self.every = llm, int(shots), int(every)
+        self.settings = {"target": target, "manual": manual, "max_tokens": max_tokens}
+        self.model: LLMWorldModel | None = None
+        self.examples: list[Transition] = []
+        self._texts: list[str | None] = [None] * self.num_envs
+        self._actions = np.zeros(self.num_envs, dtype=np.int64)
+        self._count = 0
+        self.scores = {"predicted": 0, "exact": 0, "reward": 0, "done": 0}
+        check_capabilities(llm.name, llm.capabilities, ("generate", "score"))
+
+    def step(self, action: Any):
+        self._actions = np.asarray(action, dtype=np.int64).reshape(self.num_envs)
+        return super().step(action)
+
+    def process(self, obs, rewards, terminated, truncated, infos, starts):
+        asked: list[tuple[int, Transition]] = []
+        for i, info in enumerate(infos):
+            text, prev = info.get("text"), self._texts[i]
+            if text is None:
+                raise ConfigError("WorldModelMonitor reads info['text']: wrap the env in llmrl.envs.WithText")
+            if not starts[i] and prev is not None:
+                tr = Transition(
+                    prev, self.words[int(self._actions[i])], text, float(rewards[i]), bool(terminated[i])
+                )
+                if self.model is None:
+                    if all(e.action != tr.action for e in self.examples):
+                        self.examples.append(tr)
+                    if len(self.examples) >= self.shots:
+                        self.model = LLMWorldModel(self.llm, examples=self.examples, **self.settings)  # type: ignore[arg-type]
+                else:
+                    self._count += 1
+                    if self._count % self.every == 0:
+                        asked.append((i, tr))
+            # an episode's last text is not the next state of the reset's first one
+            self._texts[i] = None if (terminated[i] or truncated[i]) else text
+        if asked and self.model is not None:
+            p = self.model.predict([t.state for _, t in asked], [t.action for _, t in asked])
+            for j, (i, tr) in enumerate(asked):
+                self.scores["predicted"] += 1
+                self.scores["exact"] += int(p.next_states[j] == tr.next_state)
+                self.scores["reward"] += int(bool(p.valid[j]) and abs(p.rewards[j] - tr.reward) <= 0.1)
+                self.scores["done"] += int(bool(p.valid[j]) and bool(p.dones[j]) == tr.terminated)
+                infos[i]["wm_prediction"] = p.next_states[j] if p.valid[j] else p.raw[j]
+        return obs, rewards
+
+    def llmrl_metrics(self) -> dict[str, float]:
+        n = max(self.scores["predicted"], 1)
+        out = {"wm/predicted": float(self.scores["predicted"])}
+        out.update({f"wm/{k}": self.scores[k] / n for k in ("exact", "reward", "done")})
+        if self.model is not None:
+            out["wm/unparseable"] = float(self.model.counters["unparseable"])
+            out.update(self.llm.stats.as_dict())
+        return out

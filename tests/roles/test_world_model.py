@@ -350,3 +350,33 @@ def test_adapter_exported_to_llamacpp_scores_like_transformers(tmp_path):
     np.testing.assert_allclose(cpp.score(prompt, conts), adapted, atol=0.6)  # ... the same on llama.cpp
     assert "+a" in cpp.name
     cpp.close()
+
+
+@pytest.mark.parametrize("num_envs", [1, 2])
+def test_monitor_role_logs_the_accuracy_and_leaves_the_env_alone(grid_data, num_envs):
+    from llmrl.roles import make_role
+
+    env = WithText(llmrl.make("llmrl/Grid-v0", slip=0.0, num_envs=num_envs))
+    # the oracle answers from transitions in the default Grid text, the one the role sees
+    from llmrl.envs.transitions import Transition as T
+
+    base = WithText(grid())
+    obs, info = base.reset(seed=0)
+    seen = []
+    rng = np.random.default_rng(0)
+    for _ in range(400):
+        a = int(rng.integers(4))
+        prev = info["text"]
+        obs, r, term, trunc, info = base.step(a)
+        seen.append(T(prev, action_names(base)[a], info["text"], r, term))
+        if term or trunc:
+            obs, info = base.reset()
+    role = make_role("world-model", env, OracleLLM(seen), shots=2, every=1)
+    role.reset(seed=0)
+    for _ in range(40):
+        actions = rng.integers(4, size=num_envs)
+        _, r, *_ = role.step(actions if num_envs > 1 else int(actions[0]))
+    m = role.llmrl_metrics()
+    assert m["wm/predicted"] > 20 and m["wm/exact"] > 0.9 and m["wm/reward"] > 0.9
+    with pytest.raises(ConfigError):
+        make_role("world-model", WithText(grid()), OracleLLM(seen), every=0)
