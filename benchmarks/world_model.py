@@ -204,6 +204,12 @@ def stage_finetune(work: Path, args: argparse.Namespace, results: dict) -> None:
     t0 = time.perf_counter()
     llm = hf_base(work)
     load_s = time.perf_counter() - t0
+    before = {}
+    if args.resume:  # keep training the adapters of an earlier run (same data, same settings)
+        from llmrl.llm.lora import load_lora
+
+        load_lora(llm.module, args.resume)
+        before = json.loads((args.resume.parent / "results.json").read_text())["finetune"]["fit"]
     wm = LLMWorldModel(llm, target="diff", max_tokens=48, confidence=False)
     grid = distinct(load(work, "grid", "train"))
     door = sample(distinct(load(work, "doorkey", "train")), args.fit_doorkey, 4)
@@ -219,6 +225,8 @@ def stage_finetune(work: Path, args: argparse.Namespace, results: dict) -> None:
     (work / "adapters.json").write_text(json.dumps({"head": wm._head}))
     (work / "fit_pairs.json").write_text(json.dumps([[t.state, t.action] for t in train]))
     fit = {**report.__dict__, "load_seconds": load_s, "grid_pairs": len(grid), "doorkey_pairs": len(door)}
+    if before:
+        fit["seconds_before_resume"], fit["steps_before_resume"] = before["seconds"], before["steps"]
     results["finetune"] = {"fit": fit}
     print(f"fit: {fit}", flush=True)
     # the same answers from transformers and from llama.cpp (quantised base + the exported adapter)?
@@ -388,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--layers", type=int, default=6, help="decoder layers (from the top) that get adapters")
     p.add_argument("--fit-minutes", type=float, default=20.0)
+    p.add_argument("--resume", type=Path, default=None, help="adapters (.safetensors) to keep training")
     p.add_argument("--plan-episodes", type=int, default=6)
     p.add_argument("--plan-max-steps", type=int, default=40)
     args = p.parse_args(argv)
