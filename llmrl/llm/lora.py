@@ -44,7 +44,7 @@ def _lora_class() -> Any:
     torch = optional_import("torch", "hf")
     nn: Any = torch.nn
 
-    class LoRALinear(nn.Module):  # type: ignore[name-defined]
+    class LoRALinear(nn.Module):
         """A frozen nn.Linear plus a trainable low-rank update."""
 
         def __init__(self, base: Any, rank: int, alpha: float, seed: int) -> None:

@@ -645,7 +645,7 @@ class WorldModelMonitor(RoleWrapper):
                     if all(e.action != tr.action for e in self.examples):
                         self.examples.append(tr)
                     if len(self.examples) >= self.shots:
-                        self.model = LLMWorldModel(self.llm, examples=self.examples, **self.settings)  # type: ignore[arg-type]
+                        self.model = LLMWorldModel(self.llm, examples=self.examples, **self.settings)
                 else:
                     self._count += 1
                     if self._count % self.every == 0:
