@@ -39,28 +39,41 @@ def timeit(fn, reps: int) -> float:
     return (time.perf_counter() - t0) / reps * 1000
 
 
-def measure(llm, reps: int) -> list[tuple[str, float]]:
-    """(operation, ms) rows for one backend."""
+def operations(llm) -> list[tuple[str, object]]:
+    """(name, call) for the llama.cpp operations of one backend."""
     n_prompt = len(llm.tokenize(PROMPT))
+
+    def fresh() -> None:  # forget the prefix kept in the KV cache
+        llm._prefix, llm._prefix_logits = [], None
 
     def score_naive() -> None:
         for c in CONTS:  # a fresh prompt each time: nothing shared
-            llm._prefix, llm._prefix_logits = [], None
+            fresh()
             llm.score(PROMPT, [c])
 
-    def score_shared() -> None:
-        llm._prefix, llm._prefix_logits = [], None  # the prompt is decoded once inside the call
-        llm.score(PROMPT, CONTS)
+    return [
+        ("generate, 30 tokens", lambda: llm.generate([PROMPT], max_tokens=30, stop=None)),
+        (f"score, {n_prompt}-token prompt + 1 continuation", lambda: (fresh(), llm.score(PROMPT, [" key"]))),
+        ("score 1x6, naive (prompt re-evaluated per continuation)", score_naive),
+        ("score 1x6, shared prefix, continuations batched", lambda: (fresh(), llm.score(PROMPT, CONTS))),
+        ("score 1x6, same prompt again (prefix kept in KV cache)", lambda: llm.score(PROMPT, CONTS)),
+        ("features (hidden), 2 prompts", lambda: llm.features([PROMPT + " state 1", PROMPT + " state 2"])),
+    ]
 
-    rows = [("generate, 30 tokens", timeit(lambda: llm.generate([PROMPT], max_tokens=30, stop=None), reps))]
-    one = timeit(lambda: (setattr(llm, "_prefix", []), llm.score(PROMPT, [" key"])), reps)
-    rows.append((f"score, {n_prompt}-token prompt + 1 continuation", one))
-    rows.append(("score 1x6, naive (prompt re-evaluated per continuation)", timeit(score_naive, reps)))
-    rows.append(("score 1x6, shared prefix, continuations batched", timeit(score_shared, reps)))
-    again = timeit(lambda: llm.score(PROMPT, CONTS), reps)
-    rows.append(("score 1x6, same prompt again (prefix kept in KV cache)", again))
-    feats = timeit(lambda: llm.features([PROMPT + " state 1", PROMPT + " state 2"]), reps)
-    rows.append(("features (hidden), 2 prompts", feats))
+
+def side_by_side(a, b, reps: int) -> list[tuple[str, float, float]]:
+    """Median ms of each operation on backends a and b, timed alternately (a, b, a, b, ...) so that a
+    machine whose speed drifts affects both alike."""
+    rows = []
+    for (name, fa), (_, fb) in zip(operations(a), operations(b)):
+        fa(), fb()  # warm-up
+        ta, tb = [], []
+        for _ in range(reps):
+            for fn, out in ((fa, ta), (fb, tb)):
+                t0 = time.perf_counter()
+                fn()
+                out.append((time.perf_counter() - t0) * 1000)
+        rows.append((name, float(np.median(ta)), float(np.median(tb))))
     return rows
 
 
@@ -68,7 +81,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
-    reps = 2 if args.quick else 5
+    reps = 3 if args.quick else 9
     from llmrl.llm import selfcheck
     from llmrl.llm.llamacpp import LlamaCppLLM, embedded_gguf_path
 
@@ -76,11 +89,12 @@ def main() -> None:
     t0 = time.perf_counter()
     fast = selfcheck.probe(embedded_gguf_path(), extra_buffers=True)
     check_s = time.perf_counter() - t0
-    llm = load("embedded")  # the default: extra buffers where the self-check allows them
+    llm = LlamaCppLLM.embedded()  # the default: extra buffers where the self-check allows them (the bare
+    # backend, not load()'s checked wrapper, so that the naive rows can reset its prefix)
     plain = LlamaCppLLM.embedded(extra_buffers=False)  # always-safe plain CPU buffers
 
     # llama.cpp's extra buffer types (repacked weights; AMX where present) vs plain buffers, side by side
-    default_rows, plain_rows = measure(llm, reps), measure(plain, reps)
+    rows = side_by_side(llm, plain, reps)
     texts = [f"the agent picked up key number {i}" for i in range(8)]
     emb = timeit(lambda: llm.embed(texts), reps)
     with tempfile.TemporaryDirectory() as d:
@@ -94,20 +108,21 @@ def main() -> None:
     print(
         f"machine: {platform.processor() or platform.machine()} ({selfcheck._cpu_signature()}), "
         f"{os.cpu_count()} cores, llama.cpp threads {llm.n_threads}; llama-cpp-python {llama_cpp.__version__}, "
-        f"torch {torch.__version__}; reps {reps}; model {llm.name}"
+        f"torch {torch.__version__}; medians of {reps} alternating repetitions; model {llm.name}"
     )
     print(
         f"self-check (one child, extra buffers): {check_s * 1000:.0f} ms, {'passed' if fast.ok else 'FAILED'}; "
         f"default backend uses extra buffers: {llm.extra_buffers}"
     )
-    naive = dict(default_rows)["score 1x6, naive (prompt re-evaluated per continuation)"]
+    default = {name: ms for name, ms, _ in rows}
+    naive = default["score 1x6, naive (prompt re-evaluated per continuation)"]
     print("\n| operation | ms, default | ms, plain buffers | plain / default | default vs naive score |")
     print("| --- | ---: | ---: | ---: | --- |")
-    for (name, ms), (_, ms_plain) in zip(default_rows, plain_rows):
+    for name, ms, ms_plain in rows:
         vs_naive = f"{naive / ms:.2f}x faster" if name.startswith("score 1x6, s") else ""
         print(f"| {name} | {ms:.1f} | {ms_plain:.1f} | {ms_plain / ms:.2f} | {vs_naive} |")
     print(f"| embed (MiniLM), 8 sentences | {emb:.1f} | | | |")
-    shared = dict(default_rows)["score 1x6, shared prefix, continuations batched"]
+    shared = default["score 1x6, shared prefix, continuations batched"]
     print(f"| cached call (score 1x6, SQLite hit) | {hit:.2f} | | | {shared / hit:.0f}x faster than a miss |")
     print(
         f"\nprompt tokens: {len(llm.tokenize(PROMPT))}; score values (default): "

@@ -430,6 +430,7 @@ def main() -> None:
     args.steps_atari = 2048 if args.quick else 4096
     args.check_every = args.check_every or 2_000
     torch.set_num_threads(args.threads)
+    os.environ["LLMRL_THREADS"] = str(args.threads)  # learn() would otherwise pick its own default
     print(f"# machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
     import stable_baselines3
 

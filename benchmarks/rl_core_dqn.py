@@ -206,6 +206,7 @@ def main() -> None:
     if args.quick:
         args.seeds, args.steps, args.eval_episodes, args.breakout_steps = 1, 6_000, 10, 4_000
     torch.set_num_threads(args.threads)
+    os.environ["LLMRL_THREADS"] = str(args.threads)  # learn() would otherwise pick its own default
 
     print(f"# machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
           f"torch threads {args.threads}")  # fmt: skip

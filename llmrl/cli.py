@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tyro
+import yaml
 
 from llmrl.errors import ConfigError, LLMRLError
 from llmrl.experiments.demo import DemoConfig, run_demo
@@ -46,7 +47,7 @@ class BenchConfig:
     """Run a benchmark script from benchmarks/ (in a source checkout) and print its table."""
 
     name: tyro.conf.Positional[
-        Literal["rl_core", "llm_ops", "envs_text", "llm_features", "rewards", "planner"]
+        Literal["rl_core", "llm_ops", "envs_text", "llm_features", "rewards", "planner", "distributed"]
     ] = "llm_ops"
     """Which benchmark."""
     quick: bool = True
@@ -145,14 +146,26 @@ def _parse(config_cls: type, args: list[str], default: Any, name: str, descripti
 
 
 def _box_text(text: str) -> str:
-    """The body of tyro's error box, up to its first separator, as one line."""
-    body = []
-    for line in text.splitlines()[1:]:
-        inner = line.strip().strip("│").strip()
-        if inner.startswith("─") or line.strip().startswith("╰"):
-            break
+    """The body of tyro's error box, up to its first separator, as one line (the box is drawn with
+    Unicode lines on a terminal and with ASCII dashes when stderr is not one)."""
+    body: list[str] = []
+    for line in [x for x in text.splitlines() if x.strip()][1:]:  # the first line is the box's title
+        inner = line.strip().strip("│|").strip()
+        if not inner or inner.startswith("╰"):
+            continue
+        if set(inner) <= set("─-"):  # a separator: the message is above it
+            if body:
+                break
+            continue
         body.append(inner)
     return " ".join(" ".join(body).split()) or text.strip()
+
+
+def gym_error() -> type[Exception]:
+    """Gymnasium's root error (bad env ids and arguments)."""
+    import gymnasium
+
+    return gymnasium.error.Error
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -160,6 +173,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         run(argv)
     except LLMRLError as err:
         print(f"llmrl: error: {err}", file=sys.stderr)
+        return 2
+    except (OSError, MemoryError, yaml.YAMLError, gym_error()) as err:
+        # bad input met outside llmrl's own checks (a path that is not a folder, a YAML value, an env
+        # id Gymnasium refuses): still one line, no traceback
+        text = " ".join(str(err).split())[:300] or type(err).__name__
+        print(f"llmrl: error: {type(err).__name__}: {text}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into `head`
         return 0

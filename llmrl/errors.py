@@ -14,6 +14,7 @@ __all__ = [
     "DependencyNotInstalled",
     "UnknownEnvError",
     "CheckpointError",
+    "NonFiniteError",
     "optional_import",
 ]
 
@@ -39,6 +40,14 @@ class UnknownEnvError(LLMRLError):
 
 class CheckpointError(LLMRLError, OSError):
     """A checkpoint folder is missing, incomplete or was written by an incompatible version."""
+
+
+class NonFiniteError(LLMRLError):
+    """A NaN or inf reached training (a reward, an observation, a loss or the weights); the run stops.
+
+    The message names the first bad value and where it came from; the last checkpoint written before
+    it is kept as it was.
+    """
 
 
 def optional_import(module: str, extra: str, *, package: str | None = None) -> ModuleType:

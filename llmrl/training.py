@@ -16,6 +16,7 @@ into place, so a crash never leaves a half-written checkpoint under the final na
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import os
@@ -38,6 +39,7 @@ __all__ = [
     "plot_learning_curve",
     "save_checkpoint",
     "load_checkpoint",
+    "recover_checkpoint",
     "to_serializable",
     "from_serializable",
     "get_rng_state",
@@ -57,7 +59,8 @@ class RunLogger:
     """Metrics to CSV (when `run_dir` is set), TensorBoard (when also installed), and a tqdm bar.
 
     `episode(step, ret, length)` records a finished episode; `log(step, metrics)` records one row of
-    scalars. The bar shows steps/s and the mean return of the last 20 episodes.
+    scalars and flushes the episode rows. The bar shows steps/s and the mean return of the last 20
+    episodes. In an existing `run_dir` the rows up to `start_step` are kept and later ones dropped.
     """
 
     def __init__(
@@ -71,15 +74,23 @@ class RunLogger:
     ):
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.recent_returns: deque[float] = deque(maxlen=20)
-        self._rows: list[dict[str, float]] = []
+        self._rows: list[dict[str, Any]] = []
         self._fields: list[str] = []
         self._tb = None
         self._t0, self._step0 = time.perf_counter(), start_step
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            # The logs describe this agent's history: rows up to `start_step` (a resumed checkpoint's
+            # step) are kept, later ones (written after that checkpoint, before a kill) are dropped, so
+            # a resume neither loses nor duplicates a row.
+            self._fields, self._rows = _read_rows(self.run_dir / "metrics.csv", start_step)
+            if self._rows:
+                _write_csv(self.run_dir / "metrics.csv", self._fields, self._rows)
+            else:
+                (self.run_dir / "metrics.csv").unlink(missing_ok=True)
+            _, episodes = _read_rows(self.run_dir / "episodes.csv", start_step)
+            _write_csv(self.run_dir / "episodes.csv", ["step", "return", "length"], episodes)
             self._episodes_file = open(self.run_dir / "episodes.csv", "a", newline="")  # noqa: SIM115
-            if self._episodes_file.tell() == 0:
-                self._episodes_file.write("step,return,length\n")
             if tensorboard:
                 try:
                     from torch.utils.tensorboard import SummaryWriter
@@ -128,17 +139,22 @@ class RunLogger:
         path = self.run_dir / "metrics.csv"
         if new or not path.exists():  # a new column: rewrite the whole file with the wider header
             self._fields += new
-            with open(path, "w", newline="") as f:
-                w = csv.DictWriter(f, self._fields)
-                w.writeheader()
-                w.writerows(self._rows)
+            _write_csv(path, self._fields, self._rows)
         else:
             with open(path, "a", newline="") as f:
                 csv.DictWriter(f, self._fields).writerow(row)
+        self.flush()
         if self._tb is not None:
             for k, v in row.items():
                 if k != "step" and math.isfinite(v):
                     self._tb.add_scalar(k, v, step)
+
+    def flush(self) -> None:
+        """Push the episode rows to the OS (once per log call: a kill -9 then loses no finished row)."""
+        if self.run_dir is not None:
+            self._episodes_file.flush()
+        if self._tb is not None:
+            self._tb.flush()
 
     def close(self) -> None:
         if self._bar is not None:
@@ -147,6 +163,35 @@ class RunLogger:
             self._episodes_file.close()
         if self._tb is not None:
             self._tb.close()
+
+
+def _read_rows(path: Path, max_step: int) -> tuple[list[str], list[dict[str, Any]]]:
+    """(header, rows with step <= max_step) of a CSV log; rows torn by a kill (unparsable) are dropped."""
+    if max_step <= 0 or not path.exists():
+        return [], []
+    with open(path, newline="", errors="replace") as f:
+        reader = csv.DictReader(f)
+        fields = list(reader.fieldnames or [])
+        rows = []
+        for row in reader:
+            try:
+                step = float(row.get("step") or "nan")
+            except ValueError:
+                continue
+            if None in row or any(v is None for v in row.values()) or not step <= max_step:
+                continue  # a torn last line, or written after the checkpoint
+            rows.append(dict(row))  # the text as written: kept rows stay byte-identical
+    return fields, rows
+
+
+def _write_csv(path: Path, fields: list[str], rows: list[dict[str, Any]]) -> None:
+    """Rewrite a CSV atomically (temporary file + rename): a kill mid-write keeps the old file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fields)
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
 
 
 def plot_learning_curve(run_dir: str | os.PathLike, *, window: int = 20, title: str | None = None) -> Path:
@@ -247,16 +292,27 @@ def _hashable(x: Any) -> Any:
 
 
 def save_checkpoint(directory: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Write `state` (nested dicts of tensors, arrays, scalars) to `directory` atomically."""
+    """Write `state` (nested dicts of tensors, arrays, scalars) to `directory` atomically.
+
+    The tensors file's SHA-256 goes into state.json (checked by `load_checkpoint`). The new folder is
+    written as a temporary sibling and renamed into place; a kill between the two renames (old away,
+    new in) leaves both complete, and `recover_checkpoint` (run here and by `load_checkpoint`) puts
+    the newer one back. Temporary folders of killed saves are removed here.
+    """
     from safetensors.torch import save_file
 
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
+    recover_checkpoint(directory)  # before cleaning: a killed save's folder may be the only complete one
+    for stale in _siblings(directory):
+        shutil.rmtree(stale, ignore_errors=True)
     tensors: dict[str, torch.Tensor] = {}
-    skeleton = {"version": CHECKPOINT_VERSION, "state": to_serializable(state, tensors)}
+    skeleton: dict[str, Any] = {"version": CHECKPOINT_VERSION, "state": to_serializable(state, tensors)}
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
         save_file(tensors, str(tmp / "tensors.safetensors"))
+        skeleton["tensors_sha256"] = _sha256(tmp / "tensors.safetensors")
+        skeleton["state_sha256"] = _state_sha256(skeleton["state"])
         with open(tmp / "state.json", "w") as f:
             json.dump(skeleton, f)
             f.flush()
@@ -274,11 +330,31 @@ def save_checkpoint(directory: str | os.PathLike, state: dict[str, Any]) -> Path
     return directory
 
 
-def load_checkpoint(directory: str | os.PathLike) -> dict[str, Any]:
-    """Read a folder written by `save_checkpoint`; CheckpointError if it is missing or incomplete."""
-    from safetensors.torch import load_file
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
-    directory = Path(directory)
+
+def _state_sha256(state: Any) -> str:
+    return hashlib.sha256(json.dumps(state, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def _siblings(directory: Path) -> list[Path]:
+    """Folders left by saves of `directory` that were killed: `.<name>.tmp-*` and `.<name>.old-*`."""
+    return sorted(
+        p
+        for pattern in (f".{directory.name}.tmp-*", f".{directory.name}.old-*")
+        for p in directory.parent.glob(pattern)
+        if p.is_dir()
+    )
+
+
+def _verify(directory: Path) -> dict[str, Any]:
+    """The parsed state.json of a complete checkpoint whose tensors match their checksum, else CheckpointError."""
+    fix = "re-save it, or resume from an earlier copy"
     missing = [n for n in ("tensors.safetensors", "state.json") if not (directory / n).is_file()]
     if missing:
         raise CheckpointError(
@@ -286,16 +362,69 @@ def load_checkpoint(directory: str | os.PathLike) -> dict[str, Any]:
             "pass the folder given to agent.save(...)."
         )
     try:
-        with open(directory / "state.json") as f:
-            skeleton = json.load(f)
-        tensors = load_file(str(directory / "tensors.safetensors"))
+        with open(directory / "state.json", "rb") as f:
+            skeleton = json.loads(f.read().decode("utf-8"))
     except (OSError, ValueError) as err:
-        raise CheckpointError(f"{directory} is corrupt ({err}); re-save it.") from err
+        raise CheckpointError(
+            f"{directory / 'state.json'} is damaged ({type(err).__name__}: {err}); {fix}."
+        ) from err
+    if not isinstance(skeleton, dict) or "state" not in skeleton:
+        raise CheckpointError(f"{directory / 'state.json'} is not an llmrl checkpoint's state; {fix}.")
     if skeleton.get("version") != CHECKPOINT_VERSION:
         raise CheckpointError(
             f"{directory} has checkpoint version {skeleton.get('version')}, this llmrl reads {CHECKPOINT_VERSION}."
         )
-    return from_serializable(skeleton["state"], tensors)
+    if skeleton.get("state_sha256", _state_sha256(skeleton["state"])) != _state_sha256(skeleton["state"]):
+        raise CheckpointError(
+            f"{directory / 'state.json'} does not match its checksum (edited or damaged after saving); {fix}."
+        )
+    expected = skeleton.get("tensors_sha256")
+    if expected is not None and _sha256(directory / "tensors.safetensors") != expected:
+        raise CheckpointError(
+            f"{directory / 'tensors.safetensors'} does not match the checksum in state.json (the file was "
+            f"changed or damaged after saving); {fix}."
+        )
+    return skeleton
+
+
+def recover_checkpoint(directory: str | os.PathLike) -> bool:
+    """Put back a checkpoint whose save was killed between its two renames; True if one was put back.
+
+    Only when `directory` itself is missing: the newest complete, verified `.<name>.tmp-*` or
+    `.<name>.old-*` sibling is renamed to `directory`.
+    """
+    directory = Path(directory)
+    if directory.exists():
+        return False
+    candidates = []
+    for folder in _siblings(directory):
+        try:
+            _verify(folder)
+        except CheckpointError:
+            continue
+        candidates.append((os.stat(folder / "state.json").st_mtime_ns, str(folder), folder))
+    if not candidates:
+        return False
+    os.replace(max(candidates)[2], directory)
+    return True
+
+
+def load_checkpoint(directory: str | os.PathLike) -> dict[str, Any]:
+    """Read a folder written by `save_checkpoint`; CheckpointError (one line: the file and the fix) if it
+    is missing, incomplete, damaged or does not match its checksum."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    recover_checkpoint(directory)
+    skeleton = _verify(directory)
+    try:
+        tensors = load_file(str(directory / "tensors.safetensors"))
+        return from_serializable(skeleton["state"], tensors)
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error types; any is a damaged file
+        raise CheckpointError(
+            f"{directory / 'tensors.safetensors'} cannot be read ({type(err).__name__}: {err}); "
+            "re-save it, or resume from an earlier copy."
+        ) from err
 
 
 # -- RNG state ----------------------------------------------------------------------------------------
@@ -322,7 +451,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 # (TimeLimit, RecordEpisodeStatistics, ...) and simple pure-python envs (llmrl's Grid, MiniGrid's grid
 # is NOT covered: it is an object graph). Limits: state held in C (ALE emulator, Box2D, MuJoCo), in
 # other objects, or in subprocesses (AsyncVectorEnv) is not captured; resuming those continues from a
-# fresh reset instead (`set_env_state` returns False).
+# fresh reset instead (`set_env_state` returns False). Flat dicts of scalars (a role's counters) are
+# plain too. An object with other state (a role's fitted model, a describer's previous snapshot)
+# defines `llmrl_state() -> dict` (anything `to_serializable` takes) and `llmrl_set_state(dict)`.
 
 _SKIP = {"spec", "metadata", "render_mode", "_saved_kwargs", "_cached_spec", "_metadata"}
 
@@ -360,6 +491,14 @@ def _plain(value: Any) -> Any:
     """A snapshot of `value` if it is plain data, else a sentinel."""
     if value is None or isinstance(value, (bool, int, float, str, np.generic)):
         return value
+    if isinstance(value, dict):  # e.g. a role's counters; only flat str -> scalar dicts
+        flat = all(
+            isinstance(k, str)
+            and not k.startswith("__")
+            and (v is None or isinstance(v, (bool, int, float, str)))
+            for k, v in value.items()
+        )
+        return dict(value) if flat else _NOT_PLAIN
     if isinstance(value, np.ndarray):
         # numbers only: text arrays (e.g. the last state texts of WithText) are recomputed on the next step
         return value.copy() if value.dtype.kind in "biufc" else _NOT_PLAIN
@@ -394,7 +533,13 @@ def get_env_state(env: Any) -> list[dict[str, Any]]:
             snap = _plain(value)
             if snap is not _NOT_PLAIN:
                 attrs[key] = snap
-        out.append({"type": f"{type(obj).__module__}.{type(obj).__qualname__}", "attrs": attrs})
+        entry = {"type": f"{type(obj).__module__}.{type(obj).__qualname__}", "attrs": attrs}
+        hook = getattr(type(obj), "llmrl_state", None)
+        if (
+            hook is not None
+        ):  # state that is not a plain attribute (a role's fitted model, a describer's memory)
+            entry["state"] = hook(obj)
+        out.append(entry)
     return out
 
 
@@ -422,4 +567,6 @@ def set_env_state(env: Any, state: Iterable[dict[str, Any]]) -> bool:
                 obj.__dict__[key] = value.copy()
             else:
                 obj.__dict__[key] = value
+        if "state" in snap:
+            obj.llmrl_set_state(snap["state"])
     return True

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import random
 from collections.abc import Callable
@@ -53,11 +54,12 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from torch import nn
 
-from llmrl.errors import CheckpointError, ConfigError
-from llmrl.nets import Obs, obs_to_tensor
+from llmrl.errors import CheckpointError, ConfigError, NonFiniteError
+from llmrl.nets import Obs, has_image, obs_to_tensor
 from llmrl.training import (
     RunLogger,
     collect_env_metrics,
+    env_chain,
     get_env_state,
     get_rng_state,
     load_checkpoint,
@@ -66,7 +68,15 @@ from llmrl.training import (
     set_rng_state,
 )
 
-__all__ = ["Agent", "Callback", "check", "as_vector_env", "SingleEnvVector", "seed_everything"]
+__all__ = [
+    "Agent",
+    "Callback",
+    "check",
+    "check_numbers",
+    "as_vector_env",
+    "SingleEnvVector",
+    "seed_everything",
+]
 
 Callback = Callable[["Agent", dict[str, float]], Any]
 """Called after each training iteration with (agent, logged metrics); return False to stop learning."""
@@ -76,6 +86,22 @@ def check(ok: bool, name: str, value: Any, fix: str) -> None:
     """Raise ConfigError naming the field, its value and the fix unless `ok`."""
     if not ok:
         raise ConfigError(f"{name}={value!r} is invalid: {fix}")
+
+
+def check_numbers(config: Any) -> None:
+    """Every field of a config dataclass whose default is a number must hold a finite number.
+
+    Called first in a config's `__post_init__`: the range checks after it then compare numbers only,
+    and `learning_rate=inf` or `nan` (which every `> 0` check lets through or silently fails) is refused.
+    """
+    for field in dataclasses.fields(config):
+        default, value = field.default, getattr(config, field.name)
+        if value is None and "None" in str(field.type):  # an optional setting left off
+            continue
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            check(math.isfinite(value), field.name, value, "use a finite number")
+        elif isinstance(default, (int, float)) and not isinstance(default, bool):
+            check(False, field.name, value, "use a finite number")
 
 
 def seed_everything(seed: int) -> None:
@@ -207,7 +233,8 @@ class Agent:
         **config: Any,
     ):
         self.config = self._make_config(config)
-        check(isinstance(seed, int) and not isinstance(seed, bool), "seed", seed, "pass an int")
+        check(isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**32, "seed", seed,
+              "pass an int from 0 to 2**32 - 1 (what Gymnasium and numpy accept)")  # fmt: skip
         self.seed = seed
         self.device = torch.device(device)
         if env is None and _spaces is None:
@@ -230,6 +257,7 @@ class Agent:
         self._ep_return = np.zeros(self.num_envs)
         self._ep_length = np.zeros(self.num_envs, dtype=np.int64)
         self._finished: list[tuple[int, float, int]] = []  # (step, return, length), flushed to the log
+        self._last_save: int | None = None  # num_timesteps of the last checkpoint written or loaded
         self._build(policy)
 
     # -- to implement ------------------------------------------------------------------------------------
@@ -306,6 +334,10 @@ class Agent:
         env = self.env
         next_obs, rewards, terminated, truncated, infos = env.step(actions)  # type: ignore[union-attr]
         rewards = np.asarray(rewards, dtype=np.float32)
+        if not np.isfinite(rewards).all():
+            self._non_finite("reward", rewards)
+        if not _finite_obs(next_obs):
+            self._non_finite("observation", next_obs)
         terminated = np.asarray(terminated, dtype=bool)
         truncated = np.asarray(truncated, dtype=bool)
         valid = ~self._autoreset
@@ -323,6 +355,43 @@ class Agent:
             self._ep_length[done] = 0
         self._obs = next_obs
         return next_obs, rewards, terminated, truncated, infos, valid
+
+    def _non_finite(self, what: str, values: Any) -> None:
+        wrappers = " <- ".join(type(o).__name__ for o in env_chain(self.env))
+        raise NonFiniteError(
+            f"a non-finite {what} reached training at step {self.num_timesteps}: {_summary(values)} "
+            f"(env chain: {wrappers}). An LLM role answering NaN/inf? See llm/bad_outputs and the role's "
+            f"on_bad_output; otherwise the env. {self._kept()}"
+        )
+
+    def _kept(self) -> str:
+        if self._last_save is None:
+            return "Nothing of this run was saved."
+        return f"The last checkpoint (step {self._last_save}) was not touched."
+
+    def _check_training(self, metrics: dict[str, float]) -> None:
+        """Stop on a non-finite loss or weight before anything of this iteration is saved."""
+        for key, value in metrics.items():
+            if "loss" in key and not math.isfinite(value):
+                raise NonFiniteError(
+                    f"{key} is {value} at step {self.num_timesteps}; lower learning_rate or check the rewards "
+                    f"(min/max of this rollout in the log). {self._kept()}"
+                )
+        for name, p in self._parameters():
+            if not bool(torch.isfinite(p).all()):
+                raise NonFiniteError(
+                    f"weight {name} became non-finite at step {self.num_timesteps} "
+                    f"(learning_rate={getattr(self.config, 'learning_rate', '?')}); lower the learning rate "
+                    f"or max_grad_norm, or check rewards and observations. {self._kept()}"
+                )
+
+    def _parameters(self) -> list[tuple[str, torch.Tensor]]:
+        """Every trainable tensor the agent holds (modules among its attributes)."""
+        out: list[tuple[str, torch.Tensor]] = []
+        for attr, value in vars(self).items():
+            if isinstance(value, nn.Module):
+                out += [(f"{attr}.{n}", p) for n, p in value.named_parameters()]
+        return out
 
     # -- learning -----------------------------------------------------------------------------------------
 
@@ -344,6 +413,8 @@ class Agent:
         if checkpoint_every is not None and run_dir is None:
             raise ConfigError("checkpoint_every needs run_dir (the checkpoint goes to run_dir/checkpoint).")
         self._require_env()
+        threads = torch.get_num_threads()
+        torch.set_num_threads(self._train_threads())  # restored below: a process-wide setting
         logger = RunLogger(run_dir, total_timesteps=total_timesteps, start_step=self.num_timesteps,
                            progress_bar=progress_bar)  # fmt: skip
         if self._obs is None:
@@ -352,6 +423,7 @@ class Agent:
         try:
             while self.num_timesteps < total_timesteps:
                 metrics = self._iteration(total_timesteps)
+                self._check_training(metrics)
                 for step, ret, length in self._finished:
                     logger.episode(step, ret, length)
                 self._finished.clear()
@@ -364,7 +436,30 @@ class Agent:
                     break
         finally:
             logger.close()
+            torch.set_num_threads(threads)
         return self
+
+    def _train_threads(self) -> int:
+        """torch threads while training: 1 unless images or a torch-run LLM need more ($LLMRL_THREADS wins).
+
+        With torch's default (one thread a core) the small networks of vector-observation tasks spend
+        their time in OpenMP hand-offs, and when another process keeps one core busy (a second seed)
+        every hand-off waits for a time slice: PPO CartPole ran 34x slower on 2 cores. One thread is as
+        fast alone and unaffected by the neighbour (benchmarks/threads.py). Conv stacks and LLMs run by
+        torch (hf backend) in the env do use more cores, so those keep torch's default.
+        """
+        env_value = os.environ.get("LLMRL_THREADS", "")
+        if env_value.strip():
+            try:
+                n = int(env_value)
+            except ValueError:
+                n = 0
+            check(n >= 1, "LLMRL_THREADS", env_value, "use a whole number of threads >= 1 (or unset it)")
+            return n
+        torch_llm = any(
+            str(getattr(getattr(o, "llm", None), "name", "")).startswith("hf:") for o in env_chain(self.env)
+        )
+        return torch.get_num_threads() if torch_llm or has_image(self.observation_space) else 1
 
     # -- inference ----------------------------------------------------------------------------------------
 
@@ -417,7 +512,9 @@ class Agent:
             "ep_length": self._ep_length,
             "env": get_env_state(self.env) if self.env is not None and self._obs is not None else None,
         }
-        return save_checkpoint(path, state)
+        out = save_checkpoint(path, state)
+        self._last_save = self.num_timesteps
+        return out
 
     @classmethod
     def load(cls, path: str | os.PathLike, env: gym.Env | VectorEnv | None = None, *,
@@ -437,14 +534,32 @@ class Agent:
             env, seed=state["seed"], policy=policy, device=device, _spaces=saved_spaces, **state["config"]
         )
         agent._set_state(state["agent"])
-        agent.num_timesteps = state["num_timesteps"]
-        set_rng_state(state["rng"])
+        agent.num_timesteps = agent._last_save = state["num_timesteps"]
         if agent.env is not None and state["env"] is not None and set_env_state(agent.env, state["env"]):
             agent._obs = state["obs"]
             agent._autoreset = np.asarray(state["autoreset"], dtype=bool)
             agent._ep_return = np.asarray(state["ep_return"], dtype=np.float64)
             agent._ep_length = np.asarray(state["ep_length"], dtype=np.int64)
+        set_rng_state(state["rng"])  # last: restoring a role (building its model) may draw numbers
         return agent
+
+
+def _finite_obs(obs: Any) -> bool:
+    """True unless a float observation holds NaN or inf (integer images cannot)."""
+    if isinstance(obs, dict):
+        return all(_finite_obs(v) for v in obs.values())
+    arr = np.asarray(obs)
+    return arr.dtype.kind != "f" or bool(np.isfinite(arr).all())
+
+
+def _summary(values: Any) -> str:
+    if isinstance(values, dict):
+        return "; ".join(f"{k}: {_summary(v)}" for k, v in values.items() if not _finite_obs(v))
+    arr = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
+    bad = np.flatnonzero(~np.isfinite(arr).all(axis=1))
+    return f"env {int(bad[0])} has {arr[bad[0]][~np.isfinite(arr[bad[0]])][:4].tolist()}" + (
+        f" ({len(bad)} envs bad)" if len(bad) > 1 else ""
+    )
 
 
 def space_to_data_eq(a: gym.Space, b: gym.Space) -> bool:

@@ -19,18 +19,20 @@ steps (transitions), ε decays linearly over `exploration_fraction` of `learn`'s
 from __future__ import annotations
 
 import copy
+import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces
 from torch import nn
 
-from llmrl.agents.base import Agent, check
+from llmrl.agents.base import Agent, check, check_numbers
 from llmrl.buffers import ReplayBatch, ReplayBuffer
 from llmrl.errors import ConfigError
 from llmrl.nets import Flatten, Obs, StackedMLP, build_encoder, has_image, mlp, obs_to_tensor, tree_map
@@ -96,6 +98,7 @@ class DQNConfig:
     """Env steps per training iteration: how often metrics are logged and callbacks run."""
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         pos_int = "use an integer >= 1"
         for name in ("batch_size", "buffer_size", "train_freq", "gradient_steps", "target_update_interval",
                      "n_step", "log_interval"):  # fmt: skip
@@ -128,6 +131,22 @@ class DQNConfig:
                   "use a sequence of positive layer widths, e.g. (256, 256)")  # fmt: skip
         check(self.buffer_size >= self.batch_size, "buffer_size", self.buffer_size,
               f"use at least batch_size={self.batch_size}")  # fmt: skip
+
+
+def _check_buffer_memory(space: gym.Space, size: int) -> None:
+    """Refuse a replay buffer larger than this machine's memory now, not with a MemoryError later."""
+    leaves = list(space.spaces.values()) if isinstance(space, spaces.Dict) else [space]
+    per_item = sum(int(np.prod(s.shape or (1,))) * np.dtype(s.dtype or np.int64).itemsize for s in leaves)
+    need = 2 * per_item * size + 16 * size  # obs and next obs, plus actions, rewards and flags
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system: no check
+        return
+    if need > have:
+        raise ConfigError(
+            f"buffer_size={size:,} needs about {need / 2**30:,.1f} GiB for these observations; this machine has "
+            f"{have / 2**30:,.1f} GiB. Use a smaller buffer_size (1e5-1e6 is usual)."
+        )
 
 
 class _ReLU(nn.ReLU):
@@ -247,6 +266,7 @@ class DQN(Agent):
         self.q_target.requires_grad_(False)
         self.optimizer = FlatAdam(self.q_net, cfg.learning_rate)
         per_env = max(cfg.buffer_size // self.num_envs, 2)
+        _check_buffer_memory(self.observation_space, per_env * self.num_envs)
         self.buffer = ReplayBuffer(
             self.observation_space,
             self.action_space,

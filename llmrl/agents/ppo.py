@@ -24,7 +24,7 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from llmrl.agents.base import Agent, check
+from llmrl.agents.base import Agent, check, check_numbers
 from llmrl.nets import (
     Obs,
     StackedMLP,
@@ -43,6 +43,7 @@ __all__ = [
     "PPO",
     "PPOConfig",
     "ActorCritic",
+    "Rollout",
     "compute_gae",
     "ppo_loss",
     "PPOLoss",
@@ -96,6 +97,7 @@ class PPOConfig:
     """Adam's epsilon (SB3 and CleanRL use 1e-5 for PPO)."""
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         for name in ("n_steps", "batch_size", "n_epochs"):
             v = getattr(self, name)
             check(isinstance(v, int) and not isinstance(v, bool) and v > 0, name, v, "use a positive int")
@@ -317,6 +319,20 @@ class LossAndGrads(NamedTuple):
     grad_log_std: torch.Tensor | None  # (d,) d loss / d log_std (Box actions), else None
 
 
+class Rollout(NamedTuple):
+    """One rollout of T steps of N envs; tensors on the agent's device, arrays in numpy."""
+
+    obs: Obs  # (T, N, ...) observations (a dict of them for Dict spaces)
+    actions: torch.Tensor  # (T, N) or (T, N, d)
+    logps: torch.Tensor  # (T, N) log pi_old(a|s)
+    values: torch.Tensor  # (T, N) V_old(s)
+    next_value: torch.Tensor  # (N,) V_old(observation after the last step)
+    rewards: np.ndarray  # (T, N) float32
+    terminated: np.ndarray  # (T, N) bool
+    truncated: np.ndarray  # (T, N) bool
+    valid: np.ndarray  # (T, N) bool, False on NEXT_STEP reset steps
+
+
 @torch.no_grad()
 def ppo_loss_and_grads(model: ActorCritic, out: torch.Tensor, value: torch.Tensor, actions: torch.Tensor,
                        old_logp: torch.Tensor, old_values: torch.Tensor, adv: torch.Tensor,
@@ -426,11 +442,18 @@ class PPO(Agent):
     # -- one iteration: rollout, advantages, update -----------------------------------------------------------
 
     def _iteration(self, total_timesteps: int) -> dict[str, float]:
-        cfg, T, N, model = self.config, self.config.n_steps, self.num_envs, self.model
-        if cfg.anneal_lr:
-            frac = max(1.0 - self.num_timesteps / total_timesteps, 0.0)
-            self.optimizer.lr = frac * cfg.learning_rate
+        self._anneal_lr(total_timesteps)
+        return self._train_on(self._collect())
 
+    def _anneal_lr(self, total_timesteps: int) -> None:
+        if self.config.anneal_lr:
+            frac = max(1.0 - self.num_timesteps / total_timesteps, 0.0)
+            self.optimizer.lr = frac * self.config.learning_rate
+
+    def _collect(self) -> Rollout:
+        """Step the env n_steps times with the current policy (the rollout workers of
+        `llmrl.distributed` call this too, and send the result to the learner)."""
+        T, N, model = self.config.n_steps, self.num_envs, self.model
         obs_buf = empty_obs_storage(self.observation_space, (T, N))
         rewards = np.zeros((T, N), dtype=np.float32)
         terminated = np.zeros((T, N), dtype=bool)
@@ -474,7 +497,14 @@ class PPO(Agent):
             else:
                 values_t = torch.stack(values)  # (T, N)
             next_value = self._values(self._to_tensor(self._obs))
+        return Rollout(
+            obs_buf, actions_t, logps_t, values_t, next_value, rewards, terminated, truncated, valid
+        )
 
+    def _train_on(self, rollout: Rollout) -> dict[str, float]:
+        """Advantages and the PPO update from one rollout (T, N): this agent's own or gathered from workers."""
+        cfg = self.config
+        obs_buf, actions_t, logps_t, values_t, next_value, rewards, terminated, truncated, valid = rollout
         adv = compute_gae(rewards, values_t.cpu().numpy(), next_value.cpu().numpy(), terminated, truncated,
                           cfg.gamma, cfg.gae_lambda)  # fmt: skip
         adv_t = torch.as_tensor(adv, device=self.device)

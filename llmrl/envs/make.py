@@ -77,6 +77,10 @@ def _register_family(family: _Family, *, required: bool) -> bool:
     return True
 
 
+MAX_ENVS = 65_536
+"""More envs than this in one process do not fit in memory or time; scale out with more processes."""
+
+
 def _resolve(env_id: str) -> gym.envs.registration.EnvSpec:
     """The registered spec for `env_id`, registering optional families on demand."""
     import llmrl.envs  # noqa: F401  (registers llmrl's own ids)
@@ -96,7 +100,12 @@ def _resolve(env_id: str) -> gym.envs.registration.EnvSpec:
     for cand in candidates:
         if cand in gym.registry:
             return gym.registry[cand]
-    close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.6)
+    # difflib is quadratic in the id's length: a pasted file must not take minutes to be refused
+    close = (
+        difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.6) if len(env_id) <= 200 else []
+    )
+    if len(env_id) > 200:
+        env_id = env_id[:60] + f"... ({len(env_id)} characters)"
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     missing = [f.extra for f in _FAMILIES if importlib.util.find_spec(f.module) is None]
     extra = (
@@ -192,8 +201,10 @@ def make(
     >>> make("CartPole-v1").observation_space.shape
     (4,)
     """
-    if not isinstance(num_envs, int) or isinstance(num_envs, bool) or num_envs < 1:
-        raise ConfigError(f"num_envs must be an integer >= 1, got {num_envs!r}")
+    if not isinstance(num_envs, int) or isinstance(num_envs, bool) or not 1 <= num_envs <= MAX_ENVS:
+        raise ConfigError(
+            f"num_envs must be an integer from 1 to {MAX_ENVS:,} (envs stepped in one process), got {num_envs!r}"
+        )
     spec = _resolve(env_id)
     if kwargs.get("render_mode") == "rgb_array" and not (
         os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
@@ -201,8 +212,19 @@ def make(
         # Off-screen frames on a machine without a display: SDL's dummy video driver, which pygame-drawn
         # envs (classic control) need no more than that; without it SDL prints an XDG_RUNTIME_DIR error.
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
-    if num_envs == 1:
-        return _make_single(spec, atari_preprocessing, kwargs)
+    if num_envs == 1 or kwargs:
+        try:  # one env first when there are kwargs: a wrong keyword is reported once, by name
+            single = _make_single(spec, atari_preprocessing, kwargs)
+        except TypeError as err:
+            if not kwargs:
+                raise
+            raise ConfigError(
+                f"{spec.id} does not take the argument(s) {sorted(kwargs)} ({' '.join(str(err).split())[:160]}); "
+                "check their names against the environment's constructor"
+            ) from err
+        if num_envs == 1:
+            return single
+        single.close()
     if spec.entry_point == _ATARI_ENTRY_POINT:
         # The native ALE vector env always preprocesses; without preprocessing, sync envs are built below.
         venv = _make_atari_vector(spec, num_envs, kwargs) if atari_preprocessing else None

@@ -65,6 +65,14 @@ class WithText(gym.Wrapper, gym.utils.RecordConstructorArgs):
         self.text = ""
         self.caption = ""
 
+    def llmrl_state(self) -> dict[str, Any]:
+        """What a checkpoint keeps besides plain attributes: the describer's previous snapshot (the next
+        caption compares against it). See `llmrl.training.get_env_state`."""
+        return _describer_state([self.describer])
+
+    def llmrl_set_state(self, state: dict[str, Any]) -> None:
+        _set_describer_state([self.describer], state)
+
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[Any, dict]:
         obs, info = self.env.reset(seed=seed, options=options)
         self.text, self.caption = self.describer.reset(self.env, obs), ""
@@ -75,6 +83,24 @@ class WithText(gym.Wrapper, gym.utils.RecordConstructorArgs):
         text, caption = self.describer.step(self.env, obs, action, float(reward), terminated, truncated, info)
         self.text, self.caption = text, _finish_caption(caption, truncated)
         return obs, reward, terminated, truncated, {**info, "text": self.text, "caption": self.caption}
+
+
+def _is_plain(x: Any) -> bool:
+    if x is None or isinstance(x, (bool, int, float, str)):
+        return True
+    return isinstance(x, (tuple, list)) and all(_is_plain(v) for v in x)
+
+
+def _describer_state(describers: list[Describer]) -> dict[str, Any]:
+    """The describers' previous snapshots when they are plain data (numbers, text, tuples of those);
+    others (MiniGrid's object snapshots) are left out: those envs do not resume exactly anyway."""
+    prev = [d.__dict__.get("_prev") for d in describers]
+    return {"prev": prev} if all(_is_plain(p) for p in prev) else {}
+
+
+def _set_describer_state(describers: list[Describer], state: dict[str, Any]) -> None:
+    for d, p in zip(describers, state.get("prev", [])):
+        d.__dict__["_prev"] = tuple(p) if isinstance(p, list) else p
 
 
 def _item(obs: Any, i: int) -> Any:
@@ -117,6 +143,12 @@ class VectorWithText(VectorWrapper):
                     "gymnasium.vector.SyncVectorEnv([lambda: llmrl.make(env_id)] * n)"
                 ) from err
         self._needs_reset = np.zeros(env.num_envs, dtype=bool)
+
+    def llmrl_state(self) -> dict[str, Any]:
+        return _describer_state(self.describers)
+
+    def llmrl_set_state(self, state: dict[str, Any]) -> None:
+        _set_describer_state(self.describers, state)
 
     def _put(self, infos: dict, texts: list[str], captions: list[str]) -> dict:
         n = self.num_envs

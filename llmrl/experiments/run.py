@@ -21,6 +21,7 @@ import yaml
 from llmrl.agents.dqn import DQNConfig
 from llmrl.agents.ppo import PPOConfig
 from llmrl.errors import ConfigError, LLMRLError
+from llmrl.experiments.presets import load_yaml
 from llmrl.roles.registry import role_names
 
 __all__ = [
@@ -84,6 +85,11 @@ class TrainConfig:
     """Save a checkpoint every this many steps (0: only at the end)."""
     progress: bool = True
     """Show a progress bar."""
+    workers: int = 0
+    """Rollout workers on Ray (PPO only), each with its own copy of the env (num_envs envs) and the role's
+    LLM served to all of them by one batching server (`llmrl.distributed`); 0 trains in this process."""
+    ray_address: str | None = None
+    """The Ray cluster for workers > 0 ("auto", "ray://head:10001"); default: a local Ray."""
     ppo: PPOConfig = field(default_factory=PPOConfig)
     """PPO hyperparameters (used when algo=ppo)."""
     dqn: DQNConfig = field(default_factory=DQNConfig)
@@ -96,6 +102,11 @@ class TrainConfig:
             raise ConfigError(f"num_envs={self.num_envs} is invalid: use 1 or more")
         if self.resume and self.out is None:
             raise ConfigError("resume needs the run folder: pass --out <run folder>")
+        if self.workers < 0 or (self.workers and self.algo != "ppo"):
+            raise ConfigError(
+                f"workers={self.workers} (algo={self.algo}) is invalid: rollout workers on Ray train PPO; "
+                "use --algo ppo, or --workers 0 to train in this process"
+            )
         if self.role != "none" and self.role not in role_names():
             raise ConfigError(f"unknown role {self.role!r}; choose one of none, {', '.join(role_names())}")
 
@@ -146,11 +157,17 @@ def train_config(data: dict[str, Any]) -> TrainConfig:
     unknown = set(data) - known
     if unknown:
         raise ConfigError(f"unknown setting(s) {sorted(unknown)}; known: {sorted(known)}")
-    ppo, dqn = PPOConfig(**data.pop("ppo", {})), DQNConfig(**data.pop("dqn", {}))
+    for key in ("ppo", "dqn", "role_args", "env_args"):
+        if not isinstance(data.get(key) or {}, dict):
+            raise ConfigError(f"{key} must be a mapping of settings, not {data[key]!r}")
+    try:
+        ppo, dqn = PPOConfig(**data.pop("ppo", None) or {}), DQNConfig(**data.pop("dqn", None) or {})
+    except TypeError as err:  # an unknown field
+        raise ConfigError(f"{err}".replace("__init__()", "ppo/dqn settings:")) from None
     if data.get("out") is not None:
-        data["out"] = Path(data["out"])
-    data["role_args"] = {k: _yaml_text(v) for k, v in (data.get("role_args") or {}).items()}
-    data["env_args"] = {k: _yaml_text(v) for k, v in (data.get("env_args") or {}).items()}
+        data["out"] = Path(str(data["out"]))
+    data["role_args"] = {str(k): _yaml_text(v) for k, v in (data.get("role_args") or {}).items()}
+    data["env_args"] = {str(k): _yaml_text(v) for k, v in (data.get("env_args") or {}).items()}
     return TrainConfig(ppo=ppo, dqn=dqn, **data)
 
 
@@ -170,7 +187,7 @@ def saved_config(run: Path) -> TrainConfig:
         raise ConfigError(
             f"{run} is not a run folder (no config.yaml); train one with `llmrl train --out {run}`"
         )
-    return train_config(yaml.safe_load(path.read_text()))
+    return train_config(load_yaml(path, "run config"))
 
 
 def _yaml_text(value: Any) -> str:
@@ -256,7 +273,9 @@ def build_env(
     if llm is None:
         from llmrl import llm as llm_module
 
-        llm = llm_module.load(cfg.llm)
+        # the persistent cache (as the demo): a rerun or a resumed run gets a prompt's first answer again,
+        # which makes resuming exact even where a backend's answer depends on its batch (LLMFeatures)
+        llm = llm_module.load(cfg.llm, cache=True)
     return make_role(cfg.role, env, llm, **role_options(cfg), **(role_kwargs or {})), llm
 
 
@@ -299,12 +318,21 @@ def train_run(
     llm: an LLM object instead of loading `cfg.llm`; render_mode: of the training env (e.g. "rgb_array"
     to draw a GIF with it afterwards); overwrite: replace a finished run in `cfg.out` (else an error).
     """
-    from llmrl.training import plot_learning_curve
+    from llmrl.training import plot_learning_curve, recover_checkpoint
 
     run = _run_dir(cfg)
     checkpoint = run / "checkpoint"
-    if run.exists() and checkpoint.exists() and not (cfg.resume or overwrite):
-        raise ConfigError(f"{run} already holds a run; pass --resume to continue it or choose another --out")
+    if run.exists() and not run.is_dir():
+        raise ConfigError(
+            f"--out {run} is not a folder; pass a folder for the run (it is created if missing)"
+        )
+    recover_checkpoint(checkpoint)  # a save killed between its two renames
+    earlier = [n for n in ("checkpoint", "metrics.csv", "episodes.csv") if (run / n).exists()]
+    if earlier and not (cfg.resume or overwrite):
+        raise ConfigError(f"{run} already holds a run ({', '.join(earlier)}); pass --resume to continue it "
+                          "or choose another --out")  # fmt: skip
+    if cfg.workers:
+        return _train_on_ray(cfg, run, llm)
     env, llm = build_env(cfg, llm=llm, render_mode=render_mode)
     cls: Any = agent_class(cfg.algo)
     if cfg.resume:
@@ -333,6 +361,58 @@ def train_run(
         print(f"no learning curve: {err}")
     print(f"checkpoint: {checkpoint}")
     return TrainResult(run, agent, env, llm)
+
+
+def _worker_env(cfg: TrainConfig, llm: Any) -> Any:
+    """One rollout worker's env (module level, so Ray sends it to the workers by reference)."""
+    return build_env(cfg, llm=llm)[0]
+
+
+def _train_on_ray(cfg: TrainConfig, run: Path, llm: Any) -> TrainResult:
+    """`train_run` with `cfg.workers` rollout workers on Ray; the role's LLM (if any) is one LLMServer
+    actor behind the persistent cache. The result has no env (the envs lived in the workers)."""
+    import functools
+
+    from llmrl import distributed
+    from llmrl.training import plot_learning_curve
+
+    started_ray = distributed.init(cfg.ray_address)
+    server = None
+    if cfg.role != "none" and llm is None:
+        server = distributed.LLMServer(cfg.llm, cache=True, num_cpus=0)
+        llm = server.client()
+    make_env = functools.partial(_worker_env, cfg, llm)
+    checkpoint = run / "checkpoint"
+    trainer = None
+    try:
+        if cfg.resume:
+            if not checkpoint.exists():
+                raise ConfigError(f"nothing to resume: {checkpoint} does not exist")
+            trainer = distributed.DistributedPPO.load(checkpoint, make_env, workers=cfg.workers)
+        else:
+            trainer = distributed.DistributedPPO(make_env, workers=cfg.workers, seed=cfg.seed,
+                                                 **cfg.algo_config())  # fmt: skip
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "config.yaml").write_text(yaml.safe_dump(config_data(cfg), sort_keys=False))
+        print(
+            f"training PPO on {cfg.env} ({cfg.workers} Ray workers x {cfg.num_envs} envs, role={cfg.role}) -> {run}"
+        )
+        every = cfg.checkpoint_every or None
+        agent = trainer.learn(cfg.steps, progress_bar=cfg.progress, run_dir=run, checkpoint_every=every)
+        agent.save(checkpoint)
+    finally:
+        if trainer is not None:
+            trainer.close()
+        if server is not None:
+            server.close()
+        if started_ray:
+            distributed.shutdown()
+    try:
+        print(f"learning curve: {plot_learning_curve(run)}")
+    except LLMRLError as err:
+        print(f"no learning curve: {err}")
+    print(f"checkpoint: {checkpoint}")
+    return TrainResult(run, agent, None, None)
 
 
 def train(cfg: TrainConfig) -> Path:

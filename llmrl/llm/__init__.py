@@ -23,11 +23,13 @@ from llmrl.llm.base import (
     CallStats,
     Capability,
     Image,
+    LLMCacheError,
     LLMError,
+    LLMOutputError,
     LLMUnavailableError,
     UnsupportedOperationError,
 )
-from llmrl.llm.cache import Budget, CachedLLM, LLMCache, default_cache_path
+from llmrl.llm.cache import Budget, CachedLLM, LLMCache, checked, default_cache_path
 from llmrl.llm.common import CAPABILITIES, Backend, check_capabilities
 
 if TYPE_CHECKING:
@@ -48,13 +50,16 @@ __all__ = [
     "HFLLM",
     "Image",
     "LLMCache",
+    "LLMCacheError",
     "LLMError",
+    "LLMOutputError",
     "LLMUnavailableError",
     "LlamaCppLLM",
     "MiniLMEmbedder",
     "OpenAILLM",
     "SPECS",
     "UnsupportedOperationError",
+    "checked",
     "default_cache_path",
     "load",
 ]
@@ -146,7 +151,8 @@ def load(
     require: capabilities the caller needs ("generate", "score", "embed", "features", "images");
         a missing one raises UnsupportedOperationError now, naming a backend that has it.
     cache: a path to a persistent SQLite cache, True for `default_cache_path()`, ":memory:", or an
-        LLMCache. With cache, replay, budget or fallback set, the backend is wrapped in CachedLLM.
+        LLMCache; None or False: no cache. The backend is always wrapped in CachedLLM, which checks
+        every answer (count, shape, finite values) and counts calls, tokens and seconds.
     replay: answer from the cache only (the model is not even loaded); a miss raises CacheMissError.
     budget: limits on model calls / tokens / seconds; fallback: an LLM (or spec) answering once spent.
     backend_kwargs: passed to the backend's constructor (e.g. n_threads=, device=, timeout=).
@@ -174,15 +180,16 @@ def load(
             f"spec must be a string ({', '.join(SPECS)}) or an LLM object, not {type(spec).__name__}"
         )
     check_capabilities(name, caps, require)
-    if cache is None and not replay and budget is None and fallback is None:
-        return backend  # type: ignore[return-value]
-    if cache is True:
-        cache = default_cache_path()
+    if isinstance(spec, CachedLLM) and cache is None and not replay and budget is None and fallback is None:
+        return spec  # already checked and counted
     if isinstance(fallback, str):
         fallback = load(fallback, require=require)
+    # Always through CachedLLM: it is where every answer is checked (count, shape, finite values);
+    # without a cache it stores nothing.
     return CachedLLM(
         backend,
-        cache=None if cache is False else cache,
+        # no cache options at all: store nothing; with a budget or fallback: a cache in memory, as before
+        cache=(False if budget is None and fallback is None else ":memory:") if cache is None else cache,
         replay=replay,
         budget=budget,
         fallback=fallback,

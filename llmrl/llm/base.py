@@ -25,6 +25,8 @@ __all__ = [
     "UnsupportedOperationError",
     "CacheMissError",
     "BudgetExceededError",
+    "LLMOutputError",
+    "LLMCacheError",
 ]
 
 Capability = Literal["generate", "score", "embed", "features", "images"]
@@ -53,6 +55,25 @@ class BudgetExceededError(LLMError):
     """A call, token or seconds budget ran out and no fallback was configured."""
 
 
+class LLMCacheError(LLMError):
+    """The persistent cache file cannot be read or written (damaged, not SQLite, locked, read-only)."""
+
+
+class LLMOutputError(LLMError):
+    """A backend answered with the wrong count, shape or non-finite values.
+
+    Raised by the cost-control layer (`CachedLLM`) before anything is cached: a bad answer never
+    reaches the SQLite store, so a rerun asks the model again. `bad` holds the positions (in the
+    caller's input list) of the bad answers; `results` the caller's answers with None at those positions
+    (the good ones are cached and usable). Roles handle it by their `on_bad_output` policy.
+    """
+
+    def __init__(self, message: str, *, bad: list[int] | None = None, results: list | None = None):
+        super().__init__(message)
+        self.bad = bad or []
+        self.results = results or []
+
+
 @dataclass
 class CallStats:
     """Counters every backend keeps; roles report them in the training log under `llm/`."""
@@ -69,6 +90,8 @@ class CallStats:
     """Wall time spent in the model for the misses."""
     fallbacks: int = 0
     """Inputs answered by the configured fallback once the budget was spent."""
+    bad_outputs: int = 0
+    """Answers rejected by the output check (wrong count or shape, non-finite values); never cached."""
 
     def as_dict(self, prefix: str = "llm/") -> dict[str, float]:
         return {prefix + k: float(v) for k, v in asdict(self).items()}

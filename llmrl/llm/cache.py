@@ -20,7 +20,8 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -28,10 +29,18 @@ from typing import Any, Literal
 import numpy as np
 
 from llmrl.errors import ConfigError
-from llmrl.llm.base import LLM, BudgetExceededError, CacheMissError, CallStats, Image
-from llmrl.llm.common import check_feature_args, check_images, image_digest
+from llmrl.llm.base import (
+    LLM,
+    BudgetExceededError,
+    CacheMissError,
+    CallStats,
+    Image,
+    LLMCacheError,
+    LLMOutputError,
+)
+from llmrl.llm.common import check_feature_args, check_images, image_digest, output_problem
 
-__all__ = ["Budget", "LLMCache", "CachedLLM", "default_cache_path"]
+__all__ = ["Budget", "LLMCache", "CachedLLM", "checked", "default_cache_path"]
 
 
 def default_cache_path() -> Path:
@@ -80,9 +89,24 @@ class LLMCache:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._memory_conn: sqlite3.Connection | None = None
-        if self.path != ":memory:":
-            Path(self.path).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        self._conn()  # create the table now: a bad path fails at construction
+        with self._errors():
+            if self.path != ":memory:":
+                Path(self.path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            self._conn()  # create the table now: a bad path fails at construction
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Raw sqlite errors as one LLMCacheError that names the file and the fix."""
+        try:
+            yield
+        except (sqlite3.Error, OSError) as err:
+            if "locked" in str(err) or "busy" in str(err):
+                fix = f"another process held it for over {self.timeout:.0f} s; retry or pass another cache="
+            elif "readonly" in str(err) or "unable to open" in str(err):
+                fix = "make it writable or pass another cache="
+            else:
+                fix = "it is only a cache: delete it (answers are asked of the model again) or pass another cache="
+            raise LLMCacheError(f"LLM cache {self.path} failed: {err}; {fix}") from err
 
     def __repr__(self) -> str:
         return f"LLMCache({self.path!r})"
@@ -115,7 +139,7 @@ class LLMCache:
         """The stored values of those keys that are present."""
         found: dict[str, bytes] = {}
         unique = list(dict.fromkeys(keys))
-        with self._lock:
+        with self._lock, self._errors():
             conn = self._conn()
             for i in range(0, len(unique), 500):  # SQLite caps the number of bound parameters
                 chunk = unique[i : i + 500]
@@ -129,7 +153,7 @@ class LLMCache:
         if not items:
             return
         now = time.time()
-        with self._lock:
+        with self._lock, self._errors():
             conn = self._conn()
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -143,11 +167,11 @@ class LLMCache:
                 raise
 
     def __len__(self) -> int:
-        with self._lock:
+        with self._lock, self._errors():
             return int(self._conn().execute("SELECT COUNT(*) FROM llm_calls").fetchone()[0])
 
     def clear(self) -> None:
-        with self._lock:
+        with self._lock, self._errors():
             self._conn().execute("DELETE FROM llm_calls")
 
     def close(self) -> None:
@@ -161,6 +185,14 @@ class LLMCache:
 
 
 # -- encoding of values (no pickle: plain bytes that any reader can decode) --------------------
+
+
+def _decode(decode: Callable[[bytes], Any], blob: bytes) -> Any:
+    """A stored value, or None when its bytes are damaged."""
+    try:
+        return decode(blob)
+    except (ValueError, IndexError, UnicodeDecodeError):
+        return None
 
 
 def _enc_text(v: str) -> bytes:
@@ -191,7 +223,8 @@ class CachedLLM:
     """Wraps any LLM (the protocol in `llm/base.py`) with cache, replay, budget and counters.
 
     backend: the model; may be None when `replay=True` (then `name` and `capabilities` are needed).
-    cache: an LLMCache, a path to its SQLite file, ":memory:", or None for ":memory:".
+    cache: an LLMCache, a path to its SQLite file, ":memory:", None for ":memory:", or False for no
+        store at all (answers are still checked and counted: what `llmrl.llm.load` gives without a cache).
     replay: never call the model; a cache miss raises CacheMissError.
     budget: limits on model calls, tokens and seconds (cache hits are free).
     fallback: an LLM that answers the misses once the budget is spent (its answers are not cached);
@@ -202,7 +235,7 @@ class CachedLLM:
         self,
         backend: LLM | None,
         *,
-        cache: LLMCache | str | Path | None = None,
+        cache: LLMCache | str | Path | bool | None = None,
         replay: bool = False,
         budget: Budget | None = None,
         fallback: LLM | None = None,
@@ -220,8 +253,18 @@ class CachedLLM:
         self.capabilities: frozenset[str] = (
             capabilities if capabilities is not None else backend.capabilities  # type: ignore[union-attr]
         )
-        self.cache = (
-            cache if isinstance(cache, LLMCache) else LLMCache(cache if cache is not None else ":memory:")
+        if cache is False and replay:
+            raise ConfigError(
+                "replay=True needs a cache to replay from; pass cache=<path to its .sqlite file>"
+            )
+        if cache is True:
+            cache = default_cache_path()
+        self.cache: LLMCache | None = (
+            None
+            if cache is False
+            else cache
+            if isinstance(cache, LLMCache)
+            else LLMCache(cache if cache is not None else ":memory:")
         )
         self.replay = replay
         self.budget = budget
@@ -229,7 +272,8 @@ class CachedLLM:
         self.stats = CallStats()
 
     def __repr__(self) -> str:
-        return f"<CachedLLM {self.name} cache={self.cache.path!r} replay={self.replay} budget={self.budget}>"
+        where = self.cache.path if self.cache is not None else None
+        return f"<CachedLLM {self.name} cache={where!r} replay={self.replay} budget={self.budget}>"
 
     def __getattr__(self, attr: str) -> Any:
         # Backend-specific extras (e.g. the hf backend's `module` and `tokenizer`) stay reachable.
@@ -253,29 +297,83 @@ class CachedLLM:
         decode: Callable[[bytes], Any],
         describe: Callable[[int], str],
     ) -> list[Any]:
-        """Answer every input: hits from the cache, misses (deduplicated) in one model call."""
-        stored = self.cache.get_many(keys)
+        """Answer every input: hits from the cache, misses (deduplicated) in one model call.
+
+        Every answer from a model passes `output_problem` before it is cached or returned; a bad one
+        raises LLMOutputError (the good answers of the same call are cached first).
+        """
+        stored = self.cache.get_many(keys) if self.cache is not None else {}
         results: list[Any] = [None] * len(keys)
         first_of: dict[str, int] = {}
         for i, key in enumerate(keys):
-            if key in stored:
-                results[i] = decode(stored[key])
-            elif key not in first_of:
+            hit = _decode(decode, stored[key]) if key in stored else None
+            if hit is not None and output_problem(op, hit) is None:
+                results[i] = hit
+            elif key not in first_of:  # absent, or stored damaged by an older version: ask again
                 first_of[key] = i
         missing = list(first_of.values())
         self.stats.calls += len(keys)
         self.stats.hits += len(keys) - len(missing)
         if not missing:
             return results
-        values, from_model = self._compute_misses(op, missing, compute, describe)
-        for i, v in zip(missing, values):
-            results[i] = v
+        values, source = self._compute_misses(op, missing, compute, describe)
+        problems = self._check(op, missing, list(values), results, describe, source)
         for i, key in enumerate(keys):  # duplicates of a missed input within this batch
-            if results[i] is None:
+            if results[i] is None and first_of.get(key, i) != i:
                 results[i] = results[first_of[key]]
-        if from_model:  # a fallback's answers are not the model's: never cache them under its name
-            self.cache.put_many([(keys[i], self.name, op, encode(results[i])) for i in missing])
+        good = [i for i in missing if i not in problems]
+        if source == self.name and self.cache is not None:
+            # a fallback's answers are not the model's: never cache them under its name
+            self.cache.put_many([(keys[i], self.name, op, encode(results[i])) for i in good])
+        if problems:
+            self.stats.bad_outputs += len(problems)
+            bad_keys = {keys[i] for i in problems}
+            first = next(iter(problems))
+            raise LLMOutputError(
+                f"{source} gave a bad {op} answer for {describe(first)}: {problems[first]} "
+                f"({len(problems)} of {len(missing)} answers bad; bad answers are never cached). "
+                "Check the model or server; a role continues past bad answers with on_bad_output='fallback'.",
+                bad=[i for i, k in enumerate(keys) if k in bad_keys],
+                results=results,
+            )
         return results
+
+    def _check(
+        self,
+        op: str,
+        missing: list[int],
+        values: list[Any],
+        results: list[Any],
+        describe: Callable[[int], str],
+        source: str,
+    ) -> dict[int, str]:
+        """Put the good answers into `results` (normalised types); return {input position: problem}."""
+        if len(values) != len(missing):
+            self.stats.bad_outputs += len(missing)
+            raise LLMOutputError(
+                f"{source} gave {len(values)} {op} answers for {len(missing)} inputs (first input: "
+                f"{describe(missing[0])}); none was cached. Check the model or server (a proxy that drops "
+                "items from a batch?); a role continues past bad answers with on_bad_output='fallback'.",
+                bad=list(missing),
+                results=results,
+            )
+        shape = None
+        if op in ("embed", "features"):  # one width for all: the cached answers' first, else the most common
+            shapes = [np.shape(r) for r in results if r is not None]
+            shapes = shapes or [np.shape(v) for v in values if np.ndim(v) == 1]
+            shape = max(set(shapes), key=shapes.count) if shapes else None
+        problems: dict[int, str] = {}
+        for i, v in zip(missing, values):
+            problem = output_problem(op, v, shape)
+            if problem is not None:
+                problems[i] = problem
+            elif op == "score":
+                results[i] = float(v)
+            elif op in ("embed", "features"):
+                results[i] = np.asarray(v, dtype=np.float32)
+            else:
+                results[i] = v
+        return problems
 
     def _compute_misses(
         self,
@@ -283,11 +381,12 @@ class CachedLLM:
         missing: list[int],
         compute: Callable[[LLM, list[int]], Sequence[Any]],
         describe: Callable[[int], str],
-    ) -> tuple[Sequence[Any], bool]:
+    ) -> tuple[Sequence[Any], str]:
+        """The model's answers to the missing inputs, and who gave them (the model's name or the fallback's)."""
         if self.replay:
             raise CacheMissError(
                 f"replay-only run: {op} of {describe(missing[0])} on {self.name} is not in the cache "
-                f"{self.cache.path!r} ({len(missing)} missing in this call); record it first with replay=False"
+                f"{self.cache.path if self.cache is not None else None!r} ({len(missing)} missing in this call); record it first with replay=False"
             )
         why = self.budget.exceeded(self.stats, len(missing)) if self.budget else None
         if why is not None:
@@ -297,7 +396,7 @@ class CachedLLM:
                     "or pass fallback=<an LLM> to answer the rest"
                 )
             self.stats.fallbacks += len(missing)
-            return compute(self.fallback, missing), False
+            return compute(self.fallback, missing), f"{self.fallback.name} (the fallback of {self.name})"
         assert self.backend is not None  # replay=False guarantees a backend (checked in __init__)
         tokens0 = self.backend.stats.tokens
         t0 = time.perf_counter()
@@ -305,7 +404,7 @@ class CachedLLM:
         self.stats.seconds += time.perf_counter() - t0
         self.stats.tokens += self.backend.stats.tokens - tokens0
         self.stats.misses += len(missing)
-        return values, True
+        return values, self.name
 
     # -- the protocol ----------------------------------------------------------------------
 
@@ -342,7 +441,7 @@ class CachedLLM:
 
         def compute(model: LLM, idx: list[int]) -> list[float]:
             # One backend call: the prompt is still evaluated once for all the missing continuations.
-            return [float(x) for x in model.score(prompt, [conts[i] for i in idx])]
+            return list(model.score(prompt, [conts[i] for i in idx]))  # checked and converted by _run
 
         out = self._run("score", keys, compute, _enc_float, _dec_float, lambda i: repr(conts[i][:80]))
         return np.asarray(out, dtype=np.float64)
@@ -352,7 +451,7 @@ class CachedLLM:
         keys = [self._key("embed", None, t) for t in texts]
 
         def compute(model: LLM, idx: list[int]) -> list[np.ndarray]:
-            return list(np.asarray(model.embed([texts[i] for i in idx]), dtype=np.float32))
+            return list(model.embed([texts[i] for i in idx]))  # checked and converted by _run
 
         out = self._run("embed", keys, compute, _enc_vec, _dec_vec, lambda i: repr(texts[i][:80]))
         return np.stack(out) if out else np.zeros((0, 0), np.float32)
@@ -380,12 +479,22 @@ class CachedLLM:
                 kind=kind,
                 tokens=tokens,
             )
-            return list(np.asarray(feats, dtype=np.float32))
+            return list(feats)  # checked and converted by _run
 
         out = self._run("features", keys, compute, _enc_vec, _dec_vec, lambda i: repr(prompts[i][:80]))
         return np.stack(out) if out else np.zeros((0, 0), np.float32)
 
     def close(self) -> None:
-        self.cache.close()
+        if self.cache is not None:
+            self.cache.close()
         if self.backend is not None and hasattr(self.backend, "close"):
             self.backend.close()
+
+
+def checked(llm: Any) -> Any:
+    """`llm` with every answer checked (count, shape, finite values): roles call this on the model they
+    are given, so a bare backend passes the same check as one from `llmrl.llm.load`. A CachedLLM (or
+    None, or an object that is not an LLM: the role's own checks reject it) is returned as it is."""
+    if llm is None or isinstance(llm, CachedLLM) or not isinstance(llm, LLM):
+        return llm
+    return CachedLLM(llm, cache=False)

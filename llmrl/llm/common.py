@@ -25,6 +25,7 @@ __all__ = [
     "check_feature_args",
     "check_images",
     "image_digest",
+    "output_problem",
 ]
 
 CAPABILITIES = ("generate", "score", "embed", "features", "images")
@@ -84,6 +85,43 @@ def check_feature_args(kind: str, tokens: Sequence[str] | None) -> list[str]:
             'features(kind="logits") needs tokens=[...], the candidate next tokens, e.g. [" left", " right"]'
         )
     return list(tokens)
+
+
+MAX_ABS_VALUE = 1e8
+"""Largest magnitude accepted in an embedding or feature vector. Real models stay far below it (hidden
+states of LLMs reach ~1e4); a larger value is a broken answer, and squaring it (normalisation) would
+overflow float32 into inf and then NaN."""
+
+
+def output_problem(op: str, value: object, shape: tuple[int, ...] | None = None) -> str | None:
+    """What is wrong with one answer of `op` ("generate", "score", "embed", "features"), or None.
+
+    The one check every answer passes before it is cached or handed to a role: text for generate, a
+    finite number for score, a 1-D finite vector (of `shape` when given) of sane magnitude otherwise.
+    """
+    if op == "generate":
+        return None if isinstance(value, str) else f"a {type(value).__name__} instead of text"
+    if op == "score":
+        try:
+            x = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return f"{value!r:.60} instead of a number"
+        return None if np.isfinite(x) else f"{x} instead of a finite log-probability"
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        return f"{type(value).__name__} instead of a vector of numbers"
+    if arr.ndim != 1 or arr.size == 0:
+        return f"an array of shape {arr.shape} instead of a non-empty vector"
+    if shape is not None and arr.shape != shape:
+        return f"a vector of shape {arr.shape} where the others have {shape}"
+    if not np.isfinite(arr).all():
+        return f"{int((~np.isfinite(arr)).sum())} non-finite values (NaN or inf) in a vector of {arr.size}"
+    if np.abs(arr).max() > MAX_ABS_VALUE:
+        return (
+            f"values up to {np.abs(arr).max():.3g} (more than {MAX_ABS_VALUE:.0e}: no real model gives those)"
+        )
+    return None
 
 
 class Backend:

@@ -19,6 +19,7 @@ import numpy as np
 
 from llmrl.errors import ConfigError
 from llmrl.llm.base import LLM
+from llmrl.llm.cache import checked
 from llmrl.roles.base import require_capabilities
 from llmrl.roles.features import DEFAULT_PROMPT, DEFAULT_TEMPLATE, Source
 
@@ -63,7 +64,7 @@ class Advisor:
             raise ConfigError(f"source={source!r} is not supported; use 'text' or 'image'.")
         if max_tokens < 1:
             raise ConfigError(f"max_tokens={max_tokens!r} must be >= 1.")
-        self.llm, self.env, self.source = llm, env, source
+        self.llm, self.env, self.source = checked(llm), env, source
         self.prompt = prompt + (f" Answer in {language}." if language else "")
         self.template, self.max_tokens, self.max_chars = template, max_tokens, max_chars
         self.stop = ["Question:", "Game state:", "\n\n"]

@@ -32,6 +32,7 @@ from gymnasium import spaces
 
 from llmrl.errors import ConfigError
 from llmrl.llm.base import LLM
+from llmrl.llm.cache import checked
 from llmrl.roles.base import RoleWrapper, has_text, require_capabilities, with_text
 
 __all__ = [
@@ -79,6 +80,12 @@ class LLMFeatures(RoleWrapper):
     feature (`every`/`on_change`), `llm/memo_hits` lookups answered from memory, `llm/calls` inputs
     sent to the backend, `llm/cache_hits` of those answered by its persistent cache, `llm/seconds`
     spent in the backend, `llm/hit_rate` the fraction of steps that needed no model forward pass.
+
+    Batches: the llama.cpp backends decode a batch of prompts together, and a prompt's feature then
+    depends on the others in its batch by up to ~4% of its largest value (measured with the embedded
+    model; one prompt alone is reproduced exactly). `tests/reliability/test_features_batch.py` holds that
+    tolerance. A resumed run therefore differs slightly unless its features come from a persistent cache
+    (`llmrl.llm.load(spec, cache="run/llm.sqlite")`): a prompt's first answer is then reused for good.
     """
 
     def __init__(
@@ -136,7 +143,7 @@ class LLMFeatures(RoleWrapper):
             tokens = tuple(tokens) if tokens is not None else DEFAULT_TOKENS
             if not tokens:
                 raise ConfigError("tokens=() is empty; give the candidate next tokens for kind='logits'.")
-        self.llm, self.prompt, self.source, self.kind = llm, prompt, source, kind
+        self.llm, self.prompt, self.source, self.kind = checked(llm), prompt, source, kind
         self.tokens = tokens
         self.template, self.every, self.on_change = template, int(every), on_change
         self.normalize, self.memo_size, self.key = normalize, memo_size, key

@@ -24,6 +24,7 @@ import numpy as np
 
 from llmrl.errors import ConfigError
 from llmrl.llm.base import LLM
+from llmrl.llm.cache import checked
 from llmrl.roles.base import RoleWrapper, require_capabilities
 from llmrl.roles.registry import register_text_filter
 from llmrl.roles.registry import text_filter as resolve_text_filter
@@ -114,7 +115,7 @@ class EmbeddingCache:
     """Sentence embeddings of short strings (goals, captions), computed once each and batched."""
 
     def __init__(self, llm: LLM):
-        self.llm = llm
+        self.llm = checked(llm)
         self._vectors: dict[str, np.ndarray] = {}
         self.calls = 0
         """Strings sent to `llm.embed` (the rest came from this cache)."""
@@ -155,7 +156,13 @@ class GoalSuggester:
         max_tokens: int = 40,
         k: int = 3,
     ):
-        self.llm, self.mode, self.calibrate, self.max_tokens, self.k = llm, mode, calibrate, max_tokens, k
+        self.llm, self.mode, self.calibrate, self.max_tokens, self.k = (
+            checked(llm),
+            mode,
+            calibrate,
+            max_tokens,
+            k,
+        )
         self.template = template or (RANK_TEMPLATE if mode == "rank" else GENERATE_TEMPLATE)
         self._ranked: dict[tuple[str, tuple[str, ...]], list[tuple[str, float]]] = {}
         self._generated: dict[str, list[str]] = {}
@@ -276,7 +283,13 @@ class ELLMGoals(RoleWrapper):
         )
         require_capabilities(llm, sorted(needs), f"ELLMGoals(suggest={suggest!r})",
                              "use llmrl.llm.load('embedded') or choose suggest='rank'/'oracle'.")  # fmt: skip
-        self.llm, self.k, self.suggest, self.threshold, self.scale = llm, k, suggest, threshold, scale
+        self.llm, self.k, self.suggest, self.threshold, self.scale = (
+            checked(llm),
+            k,
+            suggest,
+            threshold,
+            scale,
+        )
         self.reward_similarity, self.manual, self.refresh = reward_similarity, manual or "", refresh
         self.goal_in_obs, self.extrinsic = goal_in_obs, extrinsic
         self.text_filter = resolve_text_filter(text_filter)

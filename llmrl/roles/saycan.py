@@ -22,6 +22,7 @@ import numpy as np
 from llmrl.envs.minigrid import DROP, FORWARD, PICKUP, TOGGLE, facing, find_object, plan_action
 from llmrl.errors import ConfigError
 from llmrl.llm.base import LLM
+from llmrl.llm.cache import checked
 
 __all__ = ["Skill", "SayCan", "SayCanResult", "minigrid_skills", "doorkey_walkthrough"]
 
@@ -113,7 +114,7 @@ class SayCan:
         names = [s.name for s in skills]
         if len(set(names)) != len(names):
             raise ConfigError(f"SayCan skill names must be distinct; got {names}.")
-        self.llm, self.skills, self.instruction = llm, list(skills), instruction
+        self.llm, self.skills, self.instruction = checked(llm), list(skills), instruction
         self.template, self.calibrate, self.use_affordance = (
             template or self.TEMPLATE,
             calibrate,

@@ -72,8 +72,14 @@ def server():
 
 
 def test_generate_and_score(server, embedded):
+    # a busy 2-core machine makes the server's echoed log-probs slow (measured > 4 x 30 s at load ~13)
     llm = load(
-        "openai:gemma", base_url=server, chat=False, embeddings_model=None, require=("generate", "score")
+        "openai:gemma",
+        base_url=server,
+        chat=False,
+        embeddings_model=None,
+        require=("generate", "score"),
+        timeout=300,
     )
     a = llm.generate(["1, 2, 3,"], max_tokens=6)
     assert a == llm.generate(["1, 2, 3,"], max_tokens=6) and a[0].startswith(" 4")

@@ -17,15 +17,19 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from llmrl.errors import ConfigError
-from llmrl.llm.base import LLM
+from llmrl.llm.base import LLM, LLMOutputError
+from llmrl.llm.cache import checked
 from llmrl.roles.base import RoleWrapper, require_capabilities
 
-__all__ = ["RewardRole", "add_relabel", "yes_no_prompt_logit", "check_llm"]
+__all__ = ["RewardRole", "BadOutputPolicy", "add_relabel", "yes_no_prompt_logit", "check_llm"]
+
+BadOutputPolicy = Literal["raise", "fallback", "skip"]
+"""What a reward role does with a bad LLM answer: stop, use `fallback_reward`, or add nothing."""
 
 log = logging.getLogger("llmrl.roles.rewards")
 
@@ -78,20 +82,38 @@ class RewardRole(RoleWrapper):
     llm: LLM
     """The backend; None only for roles that need none (CLIPReward)."""
 
-    def __init__(self, env: Any, *, llm: LLM | None = None, max_calls: int | None = None, window: int = 100):
+    def __init__(
+        self,
+        env: Any,
+        *,
+        llm: LLM | None = None,
+        max_calls: int | None = None,
+        window: int = 100,
+        on_bad_output: BadOutputPolicy = "raise",
+        fallback_reward: float = 0.0,
+    ):
+        """on_bad_output: what a bad LLM answer (wrong count or shape, NaN/inf: `LLMOutputError`) does.
+        "raise" stops training with the error (the default: nothing silent); "fallback" gives every
+        env of that step `fallback_reward` instead; "skip" gives them no intrinsic reward. Each bad
+        call is counted as `<metric_name>/bad_outputs` in the log; bad answers are never cached."""
         super().__init__(env)
         if max_calls is not None and max_calls < 0:
             raise ConfigError(f"max_calls must be >= 0 or None (no budget), got {max_calls}.")
+        if on_bad_output not in ("raise", "fallback", "skip"):
+            raise ConfigError(f"on_bad_output must be 'raise', 'fallback' or 'skip', not {on_bad_output!r}.")
+        if not np.isfinite(fallback_reward):
+            raise ConfigError(f"fallback_reward must be a finite number, not {fallback_reward!r}.")
+        self.on_bad_output, self.fallback_reward = on_bad_output, float(fallback_reward)
         if window < 1:
             raise ConfigError(f"window must be >= 1 (episodes averaged in the metrics), got {window}.")
-        self.llm = llm  # type: ignore[assignment]
+        self.llm = checked(llm)
         self.max_calls = max_calls
         n = self.num_envs
         self._ep_env = np.zeros(n, dtype=np.float64)
         self._ep_int = np.zeros(n, dtype=np.float64)
         self._env_returns: deque[float] = deque(maxlen=window)
         self._int_returns: deque[float] = deque(maxlen=window)
-        self.counters: dict[str, float] = {"steps": 0, "calls": 0, "over_budget": 0}
+        self.counters: dict[str, float] = {"steps": 0, "calls": 0, "over_budget": 0, "bad_outputs": 0}
         """Role-level counters, reported as `<metric_name>/<key>`; `calls` = LLM inputs this role asked."""
 
     # -- what a reward role implements -----------------------------------------------------
@@ -129,9 +151,24 @@ class RewardRole(RoleWrapper):
         self._ep_int[i] += float(values.sum())
 
     def process(self, obs, rewards, terminated, truncated, infos, starts):
-        intr = np.asarray(
-            self.intrinsic(obs, rewards, terminated, truncated, infos, starts), dtype=np.float32
-        )
+        try:
+            intr = np.asarray(
+                self.intrinsic(obs, rewards, terminated, truncated, infos, starts), dtype=np.float32
+            )
+        except LLMOutputError as err:
+            self.counters["bad_outputs"] += 1
+            if self.on_bad_output == "raise":
+                raise
+            if self.counters["bad_outputs"] == 1:  # once: the count is in the log from then on
+                log.warning("%s: %s -> on_bad_output=%r: going on (counted as %s/bad_outputs)",
+                            type(self).__name__, err, self.on_bad_output, self.metric_name)  # fmt: skip
+            value = self.fallback_reward if self.on_bad_output == "fallback" else 0.0
+            intr = np.full(len(rewards), value, dtype=np.float32)
+        if not np.isfinite(intr).all():  # a role's own arithmetic must not smuggle NaN into training
+            raise LLMOutputError(
+                f"{type(self).__name__} computed a non-finite intrinsic reward {intr.tolist()} from its "
+                "LLM's answers; check the model's outputs (llm/bad_outputs) and the role's settings."
+            )
         intr = np.where(starts, 0.0, intr).astype(np.float32)
         done = (terminated | truncated) & ~starts
         for i in range(len(rewards)):

@@ -37,7 +37,7 @@ import numpy as np
 
 from llmrl.errors import ConfigError
 from llmrl.llm.base import LLM
-from llmrl.roles.rewards.common import RewardRole, check_llm, yes_no_prompt_logit
+from llmrl.roles.rewards.common import BadOutputPolicy, RewardRole, check_llm, yes_no_prompt_logit
 
 __all__ = ["JudgeReward", "transcript"]
 
@@ -94,6 +94,8 @@ class JudgeReward(RewardRole):
         final_text: bool = False,
         max_lines: int = 1,
         max_calls: int | None = None,
+        on_bad_output: BadOutputPolicy = "raise",
+        fallback_reward: float = 0.0,
     ):
         """
         Args:
@@ -115,8 +117,11 @@ class JudgeReward(RewardRole):
                 accuracy on Grid/DoorKey episodes: 1.0 with the last event, 0.67-0.75 with the last 3;
                 benchmarks/rewards.py). Raise it for larger models or objectives about the whole episode.
             max_calls: budget of LLM prompts for this role; beyond it verdicts are `fallback`.
+            on_bad_output, fallback_reward: what a bad LLM answer (NaN, wrong count) does; see RewardRole.
         """
-        super().__init__(env, llm=llm, max_calls=max_calls)
+        super().__init__(
+            env, llm=llm, max_calls=max_calls, on_bad_output=on_bad_output, fallback_reward=fallback_reward
+        )
         if method not in ("channel", "score", "generate"):
             raise ConfigError(f"method must be 'channel', 'score' or 'generate', got {method!r}.")
         if output not in ("binary", "probability"):
@@ -217,7 +222,12 @@ class JudgeReward(RewardRole):
                 self._captions[i] = []
                 self._last_verdict[i] = 0.0
                 continue
-            self._captions[i].append(str(infos[i].get(self.key, "") or ""))
+            if self.key not in infos[i]:  # else every episode would be judged on empty lines
+                raise ConfigError(
+                    f"JudgeReward reads info[{self.key!r}], which the env does not provide; "
+                    "wrap it with llmrl.envs.WithText(env) first."
+                )
+            self._captions[i].append(str(infos[i][self.key] or ""))
             ended = bool(terminated[i] or truncated[i])
             if ended or (self.every is not None and len(self._captions[i]) % self.every == 0):
                 due.append(i)

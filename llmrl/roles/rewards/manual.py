@@ -26,7 +26,7 @@ import numpy as np
 
 from llmrl.errors import ConfigError
 from llmrl.llm.base import LLM
-from llmrl.roles.rewards.common import RewardRole, check_llm, yes_no_prompt_logit
+from llmrl.roles.rewards.common import BadOutputPolicy, RewardRole, check_llm, yes_no_prompt_logit
 
 __all__ = ["ManualReward", "ManualAnswer", "DEFAULT_EVENTS", "env_id_of"]
 
@@ -110,6 +110,8 @@ class ManualReward(RewardRole):
         scale: float = 0.1,
         margin: float = 0.0,
         key: str = "caption",
+        on_bad_output: BadOutputPolicy = "raise",
+        fallback_reward: float = 0.0,
     ):
         """
         Args:
@@ -119,8 +121,9 @@ class ManualReward(RewardRole):
             scale: auxiliary reward per event (Read and Reap used about 5% of the game's reward scale).
             margin: the calibrated good-bad log-prob margin must exceed it for a sign; else the event gives 0.
             key: info key holding the caption of the step.
+            on_bad_output, fallback_reward: what a bad LLM answer (NaN, wrong count) does; see RewardRole.
         """
-        super().__init__(env, llm=llm)
+        super().__init__(env, llm=llm, on_bad_output=on_bad_output, fallback_reward=fallback_reward)
         check_llm(llm, ["score"], "ManualReward")
         env_id = env_id_of(env) or ""
         if manual is None:

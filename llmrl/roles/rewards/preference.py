@@ -29,7 +29,7 @@ from torch import nn
 
 from llmrl.errors import ConfigError
 from llmrl.llm.base import LLM
-from llmrl.roles.rewards.common import RewardRole, check_llm, log
+from llmrl.roles.rewards.common import BadOutputPolicy, RewardRole, check_llm, log
 
 __all__ = ["PreferenceReward"]
 
@@ -60,6 +60,8 @@ class PreferenceReward(RewardRole):
         max_texts: int = 5000,
         seed: int = 0,
         max_calls: int | None = None,
+        on_bad_output: BadOutputPolicy = "raise",
+        fallback_reward: float = 0.0,
     ):
         """
         Args:
@@ -75,8 +77,11 @@ class PreferenceReward(RewardRole):
             max_texts: distinct texts kept for pair sampling.
             seed: seeds pair sampling and the MLP.
             max_calls: budget of scored prompts; pairs beyond it are not labelled.
+            on_bad_output, fallback_reward: what a bad LLM answer (NaN, wrong count) does; see RewardRole.
         """
-        super().__init__(env, llm=llm, max_calls=max_calls)
+        super().__init__(
+            env, llm=llm, max_calls=max_calls, on_bad_output=on_bad_output, fallback_reward=fallback_reward
+        )
         check_llm(llm, ["score", "embed"], "PreferenceReward")
         if not goal or not goal.strip():
             raise ConfigError("goal must state the goal in words, e.g. goal='The cat reaches the goal cell.'")
@@ -129,15 +134,31 @@ class PreferenceReward(RewardRole):
         if self.labels_path is None or not self.labels_path.exists():
             return {}
         out = {}
-        for line in self.labels_path.read_text().splitlines():
-            if line.strip():
+        lines = self.labels_path.read_text(errors="replace").splitlines()
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
                 row = json.loads(line)
-                out[(row["a"], row["b"])] = float(row["p"])
+                out[(str(row["a"]), str(row["b"]))] = float(row["p"])
+            except (ValueError, KeyError, TypeError) as err:
+                if n == len(lines):  # torn by a kill while appending: that label is asked again
+                    log.warning("PreferenceReward: ignoring the torn last line of %s", self.labels_path)
+                    continue
+                raise ConfigError(
+                    f"{self.labels_path} line {n} is not a label ({type(err).__name__}: {err}); each line must be "
+                    '{"a": text, "b": text, "p": number}. Fix or delete that line (or the file: labels are asked again).'
+                ) from err
         return out
 
     def _save_label(self, a: str, b: str, p: float) -> None:
         if self.labels_path is not None:
             self.labels_path.parent.mkdir(parents=True, exist_ok=True)
+            if self.labels_path.exists():  # a kill mid-line left a torn last line: cut it off first
+                data = self.labels_path.read_bytes()
+                if data and not data.endswith(b"\n"):
+                    with self.labels_path.open("r+b") as f:
+                        f.truncate(data.rfind(b"\n") + 1)
             with self.labels_path.open("a") as f:
                 f.write(json.dumps({"a": a, "b": b, "p": p}) + "\n")
 
@@ -171,27 +192,24 @@ class PreferenceReward(RewardRole):
         if not pairs:
             raise ConfigError("No labelled pairs to train on (budget spent?); raise max_calls or n_pairs.")
         emb = {t: e for t, e in zip(texts, np.asarray(self.llm.embed(texts), dtype=np.float32))}
-        torch.manual_seed(self.seed)
         d = len(next(iter(emb.values())))
-        self.net = nn.Sequential(
-            nn.Linear(d, self.hidden),
-            nn.ReLU(),
-            nn.Linear(self.hidden, self.hidden),
-            nn.ReLU(),
-            nn.Linear(self.hidden, 1),
-        )
-        xa = torch.as_tensor(np.stack([emb[a] for a, _ in pairs]))  # (P, d)
-        xb = torch.as_tensor(np.stack([emb[b] for _, b in pairs]))  # (P, d)
-        y = torch.as_tensor(labels, dtype=torch.float32)  # (P,) soft P(a > b)
-        opt = torch.optim.Adam(self.net.parameters(), lr=self.lr, weight_decay=1e-4)
-        loss = torch.zeros(())
-        for _ in range(self.epochs):
-            # Bradley-Terry: P(a > b) = sigmoid(r(a) - r(b))
-            logits = (self.net(xa) - self.net(xb)).squeeze(-1)
-            loss = nn.functional.binary_cross_entropy_with_logits(logits, y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        # An agent's rollout may call this (at the end of the warm-up) inside torch.inference_mode,
+        # where nothing could train; and the MLP's seed must not reset the agent's global RNG stream.
+        with torch.inference_mode(False), torch.enable_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self.net = self._new_net(d)
+            xa = torch.as_tensor(np.stack([emb[a] for a, _ in pairs]))  # (P, d)
+            xb = torch.as_tensor(np.stack([emb[b] for _, b in pairs]))  # (P, d)
+            y = torch.as_tensor(labels, dtype=torch.float32)  # (P,) soft P(a > b)
+            opt = torch.optim.Adam(self.net.parameters(), lr=self.lr, weight_decay=1e-4)
+            loss = torch.zeros(())
+            for _ in range(self.epochs):
+                # Bradley-Terry: P(a > b) = sigmoid(r(a) - r(b))
+                logits = (self.net(xa) - self.net(xb)).squeeze(-1)
+                loss = nn.functional.binary_cross_entropy_with_logits(logits, y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
         with torch.no_grad():
             r = self.net(torch.as_tensor(np.stack(list(emb.values())))).squeeze(-1).numpy()
         self._mean, self._std = float(r.mean()), float(r.std() + 1e-6)
@@ -204,6 +222,29 @@ class PreferenceReward(RewardRole):
             float(loss.detach()),
         )
         return float(loss.detach())
+
+    def _new_net(self, d: int) -> nn.Module:
+        return nn.Sequential(
+            nn.Linear(d, self.hidden),
+            nn.ReLU(),
+            nn.Linear(self.hidden, self.hidden),
+            nn.ReLU(),
+            nn.Linear(self.hidden, 1),
+        )
+
+    def llmrl_state(self) -> dict[str, Any]:
+        """The fitted reward model and the labels, for checkpoints (counters, texts and the reward
+        normalisation are plain attributes, saved with the env state)."""
+        net = None if self.net is None else {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+        return {"net": net, "labels": [[a, b, p] for (a, b), p in self.labels.items()]}
+
+    def llmrl_set_state(self, state: dict[str, Any]) -> None:
+        self.labels = {(a, b): float(p) for a, b, p in state["labels"]}
+        if state["net"] is None:
+            self.net = None
+            return
+        self.net = self._new_net(int(state["net"]["0.weight"].shape[1]))
+        self.net.load_state_dict(state["net"])
 
     def reward_of(self, texts: Sequence[str]) -> np.ndarray:
         """coef * normalised reward-model output of each text (0 before fitting). Shape (n,)."""

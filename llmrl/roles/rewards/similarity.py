@@ -37,7 +37,8 @@ import numpy as np
 
 from llmrl.errors import ConfigError, optional_import
 from llmrl.llm.base import LLM
-from llmrl.roles.rewards.common import RewardRole, check_llm
+from llmrl.llm.cache import checked
+from llmrl.roles.rewards.common import BadOutputPolicy, RewardRole, check_llm
 
 __all__ = [
     "CLIPEmbedder",
@@ -154,7 +155,7 @@ class _LLMTextEmbedder:
     """States are texts; both sides go through the LLM backend's sentence embedder (memoised)."""
 
     def __init__(self, llm: LLM):
-        self.llm = llm
+        self.llm = checked(llm)
         self._memo: dict[str, np.ndarray] = {}
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
@@ -191,6 +192,8 @@ class GoalSimilarityReward(RewardRole):
         defer: bool = True,
         every: int = 1,
         llm: LLM | None = None,
+        on_bad_output: BadOutputPolicy = "raise",
+        fallback_reward: float = 0.0,
     ):
         """
         Args:
@@ -202,8 +205,9 @@ class GoalSimilarityReward(RewardRole):
             defer: buffer states and score them in one batch at episode end, handing rewards to the
                 agent via info["reward_relabel"]; False scores every step and adds the reward at once.
             every: score every k-th state of an episode and hold the value in between (saves calls).
+            on_bad_output, fallback_reward: what a bad LLM answer (NaN, wrong count) does; see RewardRole.
         """
-        super().__init__(env, llm=llm)
+        super().__init__(env, llm=llm, on_bad_output=on_bad_output, fallback_reward=fallback_reward)
         goals = [goal] if isinstance(goal, str) else list(goal)
         bases = [baseline] if isinstance(baseline, str) else list(baseline)
         if not goals or not all(g.strip() for g in goals):
@@ -315,6 +319,7 @@ class TextGoalReward(GoalSimilarityReward):
     def __init__(self, env: Any, llm: LLM, goal: str | Sequence[str], *, key: str = "text", **kwargs: Any):
         check_llm(llm, ["embed"], "TextGoalReward")
         self.key = key
+        llm = checked(llm)
         super().__init__(env, _LLMTextEmbedder(llm), goal, llm=llm, **kwargs)
 
     def state_of(self, obs, infos, idx):
