@@ -12,6 +12,7 @@ Stages (artifacts in --work, so a stage can be rerun alone):
             of the Grid and DoorKey (fully observable, state differences); the adapters are exported to
             llama.cpp's GGUF adapter format (and checked to give the same answers there).
   eval      the fine-tuned adapters on llama.cpp (quantised base), on held-out transitions.
+  gate      (not in the default list) the confidence of right vs wrong answers, and a 0.5 gate.
   plan      DoorKey-5x5: one-step lookahead with a value function read from the state text, with the true
             simulator vs the fine-tuned model; success over seeds.
 Accuracy = exact match of the whole next state; reward within 0.1; done exact. `no_change_baseline`
@@ -265,6 +266,27 @@ def stage_eval(work: Path, args: argparse.Namespace, results: dict) -> None:
     llm.close()
 
 
+def stage_gate(work: Path, args: argparse.Namespace, results: dict) -> None:
+    """Does the confidence (the model's probability of its own answer) tell right answers from wrong?"""
+    llm = finetuned_llamacpp(work)
+    wm = finetuned_model(work, llm, confidence=True)
+    for name in ("grid", "doorkey"):
+        test = sample(load(work, name, "test"), args.test_n, 3)
+        p = wm.predict([t.state for t in test], [t.action for t in test])
+        ok = np.array([n == t.next_state for n, t in zip(p.next_states, test)])
+        keep = p.confidences >= 0.5
+        row = {
+            "confidence_right": float(p.confidences[ok].mean()) if ok.any() else float("nan"),
+            "confidence_wrong": float(p.confidences[~ok].mean()) if (~ok).any() else float("nan"),
+            "kept_at_0.5": float(keep.sum()),
+            "exact_kept_at_0.5": float(ok[keep].mean()) if keep.any() else float("nan"),
+        }
+        results.setdefault("gate", {})[name] = row
+        print(f"confidence gate {name}: {row}", flush=True)
+    save(results, work)
+    llm.close()
+
+
 # -- planning ----------------------------------------------------------------------------------------
 
 
@@ -414,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
         stage_finetune(args.work, args, results)
     if "eval" in stages:
         stage_eval(args.work, args, results)
+    if "gate" in stages:
+        stage_gate(args.work, args, results)
     if "plan" in stages:
         stage_plan(args.work, args, results)
     print(json.dumps(results, indent=1))
