@@ -21,6 +21,7 @@ from llmrl.roles.policy import GLAM_ACTIONS, LLMPolicy, TextIds
 from llmrl.roles.registry import role_class, role_defaults, role_names
 from llmrl.roles.rewards import CLIPReward, JudgeReward, ManualReward, PreferenceReward, TextGoalReward
 from llmrl.roles.saycan import SayCan, Skill
+from llmrl.roles.world_model import LLMWorldModel, SimulatorModel, WorldModelPlanner
 
 __all__ = [
     "RoleWrapper",
@@ -37,6 +38,9 @@ __all__ = [
     "LLMPolicy",
     "TextIds",
     "GLAM_ACTIONS",
+    "LLMWorldModel",
+    "SimulatorModel",
+    "WorldModelPlanner",
     "ROLES",
     "make_role",
 ]

@@ -1,0 +1,448 @@
+"""The LLM as a world model (issue 17): how well does the embedded Gemma predict the next state, and can
+a planner use it?
+
+    python benchmarks/world_model.py                       # every stage, the sizes below
+    python benchmarks/world_model.py --stages zeroshot     # one stage; data and adapters are reused
+
+Stages (artifacts in --work, so a stage can be rerun alone):
+  data      transitions in words: the Grid (slip 0, fully observable), DoorKey-5x5 fully observable and
+            egocentric (random play + a scripted expert with 30% random actions), split by episode.
+  zeroshot  the embedded model on llama.cpp, 3 examples + the manual, on held-out transitions.
+  finetune  LoRA on the embedded GGUF de-quantised through transformers, on the distinct training pairs
+            of the Grid and DoorKey (fully observable, state differences); the adapters are exported to
+            llama.cpp's GGUF adapter format (and checked to give the same answers there).
+  eval      the fine-tuned adapters on llama.cpp (quantised base), on held-out transitions.
+  gate      (not in the default list) the confidence of right vs wrong answers, and a 0.5 gate.
+  plan      DoorKey-5x5: one-step lookahead with a value function read from the state text, with the true
+            simulator vs the fine-tuned model; success over seeds.
+Accuracy = exact match of the whole next state; reward within 0.1; done exact. `no_change_baseline`
+is the accuracy of always answering "no change" on the same transitions. Results: --out (JSON) and
+a markdown table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+DOORKEY = "MiniGrid-DoorKey-5x5-v0"
+PLAN_ACTIONS = ("turn left", "turn right", "move forward", "pick up", "toggle")
+
+
+def versions() -> str:
+    import torch
+    import transformers
+
+    return (
+        f"python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"cpus {os.cpu_count()}, load average {os.getloadavg()[0]:.1f} at start"
+    )
+
+
+# -- data -------------------------------------------------------------------------------------------------
+
+
+def expert_policy(env: Any, eps: float, seed: int):
+    """The scripted DoorKey skills (key, door, goal) with `eps` random actions, for coverage."""
+    from llmrl.envs.minigrid import doorkey_subgoal
+    from llmrl.roles.saycan import minigrid_skills
+
+    skills = {s.name: s for s in minigrid_skills(env, distractors=False)}
+    rng = np.random.default_rng(seed)
+
+    def act(obs: Any, info: dict) -> int:
+        if rng.random() < eps:
+            return int(rng.integers(6))
+        return int(skills[doorkey_subgoal(env.unwrapped)].policy(obs, info))
+
+    return act
+
+
+def stage_data(work: Path, n: int) -> None:
+    import llmrl
+    from llmrl.envs.transitions import EgocentricDescriber, collect, save_jsonl, split
+
+    grid = llmrl.make("llmrl/Grid-v0", slip=0.0)
+    sets: dict[str, list] = {"grid": collect(grid, n, seed=0)}
+    for name, describer in (("doorkey", None), ("doorkey_ego", EgocentricDescriber)):
+        env = llmrl.make(DOORKEY)
+        d = None if describer is None else describer()
+        rand = collect(env, n // 2, describer=d, seed=0, source="random")
+        d = None if describer is None else describer()
+        exp = collect(
+            env, n // 2, describer=d, policy=expert_policy(env, 0.3, 1), seed=10_000, source="expert"
+        )
+        sets[name] = rand + exp
+    for name, data in sets.items():
+        train, test = split(data, test_fraction=0.25, seed=0)
+        save_jsonl(train, work / f"{name}_train.jsonl")
+        save_jsonl(test, work / f"{name}_test.jsonl")
+        print(f"{name}: {len(train)} train / {len(test)} test transitions", flush=True)
+
+
+def load(work: Path, name: str, part: str) -> list:
+    from llmrl.envs.transitions import load_jsonl
+
+    return load_jsonl(work / f"{name}_{part}.jsonl")
+
+
+def sample(data: list, n: int, seed: int = 0) -> list:
+    """`n` held-out transitions, drawn evenly over actions so turns do not swamp the rest."""
+    rng = random.Random(seed)
+    by_action: dict[str, list] = {}
+    for t in data:
+        by_action.setdefault(t.action, []).append(t)
+    out: list = []
+    for pool in by_action.values():
+        rng.shuffle(pool)
+    while len(out) < min(n, len(data)):
+        for pool in by_action.values():
+            if pool and len(out) < n:
+                out.append(pool.pop())
+    return out
+
+
+def distinct(data: list) -> list:
+    seen: dict[tuple[str, str], Any] = {}
+    for t in data:
+        seen.setdefault((t.state, t.action), t)
+    return list(seen.values())
+
+
+# -- accuracy ------------------------------------------------------------------------------------------
+
+
+def stage_zeroshot(work: Path, n: int, results: dict) -> None:
+    from llmrl.envs import manual
+    from llmrl.llm import load as load_llm
+    from llmrl.roles.world_model import LLMWorldModel, accuracy
+
+    llm = load_llm("embedded", cache=work / "llm.sqlite")
+    for name, env_id, target in (
+        ("grid", "llmrl/Grid-v0", "diff"),
+        ("doorkey", DOORKEY, "diff"),
+        ("doorkey_ego", DOORKEY, "full"),
+    ):
+        train, test = load(work, name, "train"), load(work, name, "test")
+        shots = [sample([t for t in train if t.state != t.next_state], 2, 1)[0], sample(train, 3, 2)[1]]
+        shots.append(next(t for t in train if t.state == t.next_state))
+        wm = LLMWorldModel(
+            llm,
+            examples=shots,
+            manual=manual(env_id),
+            target=target,
+            max_tokens=48 if target == "diff" else 96,
+        )
+        t0 = time.perf_counter()
+        held_out = sample(test, n, 3)
+        acc = accuracy(wm, held_out, batch_size=8)
+        acc["seconds"] = time.perf_counter() - t0
+        acc["no_change_baseline"] = float(np.mean([t.state == t.next_state for t in held_out]))
+        acc["unparseable"] = float(wm.counters["unparseable"])
+        results.setdefault("zeroshot", {})[name] = acc
+        print(f"zero-shot {name} ({target}): {acc}", flush=True)
+        save(results, work)
+    llm.close()
+
+
+def hf_base(work: Path) -> Any:
+    """The embedded GGUF through transformers; de-quantised once (minutes on a busy CPU) and kept in `work`."""
+    import torch
+    from safetensors.torch import save_model
+
+    from llmrl.llm.hf import HFLLM
+
+    folder = work / "gemma3_270m_hf"
+    if (folder / "model.safetensors").exists():
+        return HFLLM(folder, device="cpu")
+    llm = HFLLM.from_gguf(device="cpu")
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = llm.module.config.to_dict()
+    cfg.pop("quantization_config", None)  # the de-quantised weights are plain float32
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with torch.no_grad():
+        save_model(llm.module, str(folder / "model.safetensors"))
+    llm.tokenizer.save_pretrained(folder)
+    return llm
+
+
+def finetuned_llamacpp(work: Path) -> Any:
+    """The fine-tuned adapters on llama.cpp over the quantised embedded GGUF (the fast CPU path)."""
+    from llmrl.llm.llamacpp import embedded_gguf_path
+    from llmrl.llm.lora import llamacpp_with_lora
+
+    return llamacpp_with_lora(embedded_gguf_path(), work / "wm-lora.gguf", n_threads=1)
+
+
+def finetuned_model(work: Path, llm: Any, *, confidence: bool = True) -> Any:
+    from llmrl.roles.world_model import LLMWorldModel
+
+    meta = json.loads((work / "adapters.json").read_text())
+    wm = LLMWorldModel(llm, target="diff", max_tokens=48, confidence=confidence)
+    wm.examples, wm._head = [], meta["head"]  # the fine-tuned prompt: no examples
+    return wm
+
+
+def stage_finetune(work: Path, args: argparse.Namespace, results: dict) -> None:
+    import torch
+
+    from llmrl.llm.lora import export_lora_gguf, save_lora
+    from llmrl.roles.world_model import LLMWorldModel
+
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    llm = hf_base(work)
+    load_s = time.perf_counter() - t0
+    before = {}
+    if args.resume:  # keep training the adapters of an earlier run (same data, same settings)
+        from llmrl.llm.lora import load_lora
+
+        load_lora(llm.module, args.resume)
+        before = json.loads((args.resume.parent / "results.json").read_text())["finetune"]["fit"]
+    wm = LLMWorldModel(llm, target="diff", max_tokens=48, confidence=False)
+    grid = distinct(load(work, "grid", "train"))
+    door = sample(distinct(load(work, "doorkey", "train")), args.fit_doorkey, 4)
+    train = grid + door
+    random.Random(0).shuffle(train)
+    print(f"fine-tuning on {len(grid)} grid + {len(door)} doorkey distinct transitions", flush=True)
+    report = wm.fit(
+        train, epochs=args.epochs, lr=args.lr, rank=16, layers=args.layers, batch_size=8,
+        max_minutes=args.fit_minutes, log=lambda m: print({k: round(v, 3) for k, v in m.items()}, flush=True),
+    )  # fmt: skip
+    save_lora(llm.module, work / "wm-lora.safetensors")
+    export_lora_gguf(llm.module, work / "wm-lora.gguf")
+    (work / "adapters.json").write_text(json.dumps({"head": wm._head}))
+    (work / "fit_pairs.json").write_text(json.dumps([[t.state, t.action] for t in train]))
+    fit = {**report.__dict__, "load_seconds": load_s, "grid_pairs": len(grid), "doorkey_pairs": len(door)}
+    if before:
+        fit["seconds_before_resume"], fit["steps_before_resume"] = before["seconds"], before["steps"]
+    results["finetune"] = {"fit": fit}
+    print(f"fit: {fit}", flush=True)
+    # the same answers from transformers and from llama.cpp (quantised base + the exported adapter)?
+    probe = sample(load(work, "doorkey", "test"), 4, 5) + sample(load(work, "grid", "test"), 2, 5)
+    hf_out = llm.generate([wm.prompt(t.state, t.action) for t in probe], max_tokens=48, stop=["\n\n"])
+    cpp = finetuned_llamacpp(work)
+    cpp_out = cpp.generate([wm.prompt(t.state, t.action) for t in probe], max_tokens=48, stop=["\n\n"])
+    results["finetune"]["hf_vs_llamacpp_same_answer"] = float(
+        np.mean([a.strip() == b.strip() for a, b in zip(hf_out, cpp_out)])
+    )
+    print("hf vs llama.cpp:", list(zip(hf_out, cpp_out)), flush=True)
+    cpp.close()
+    save(results, work)
+
+
+def stage_eval(work: Path, args: argparse.Namespace, results: dict) -> None:
+    from llmrl.roles.world_model import accuracy
+
+    llm = finetuned_llamacpp(work)
+    wm = finetuned_model(work, llm)
+    seen = {tuple(p) for p in json.loads((work / "fit_pairs.json").read_text())}
+    for name in ("grid", "doorkey"):
+        test = sample(load(work, name, "test"), args.test_n, 3)
+        t1 = time.perf_counter()
+        acc = accuracy(wm, test, batch_size=8)
+        acc["seconds"] = time.perf_counter() - t1
+        acc["seen_in_training"] = float(np.mean([(t.state, t.action) in seen for t in test]))
+        acc["no_change_baseline"] = float(np.mean([t.state == t.next_state for t in test]))
+        unseen = [t for t in test if (t.state, t.action) not in seen]
+        if unseen:
+            acc["exact_unseen"] = accuracy(wm, unseen)["exact"]
+        acc["unparseable"] = float(wm.counters["unparseable"])
+        results.setdefault("finetune", {})[name] = acc
+        print(f"fine-tuned {name}: {acc}", flush=True)
+        save(results, work)
+    llm.close()
+
+
+def stage_gate(work: Path, args: argparse.Namespace, results: dict) -> None:
+    """Does the confidence (the model's probability of its own answer) tell right answers from wrong?"""
+    llm = finetuned_llamacpp(work)
+    wm = finetuned_model(work, llm, confidence=True)
+    for name in ("grid", "doorkey"):
+        test = sample(load(work, name, "test"), args.test_n, 3)
+        p = wm.predict([t.state for t in test], [t.action for t in test])
+        ok = np.array([n == t.next_state for n, t in zip(p.next_states, test)])
+        keep = p.confidences >= 0.5
+        row = {
+            "confidence_right": float(p.confidences[ok].mean()) if ok.any() else float("nan"),
+            "confidence_wrong": float(p.confidences[~ok].mean()) if (~ok).any() else float("nan"),
+            "kept_at_0.5": float(keep.sum()),
+            "exact_kept_at_0.5": float(ok[keep].mean()) if keep.any() else float("nan"),
+        }
+        results.setdefault("gate", {})[name] = row
+        print(f"confidence gate {name}: {row}", flush=True)
+    save(results, work)
+    llm.close()
+
+
+# -- planning ----------------------------------------------------------------------------------------
+
+
+def doorkey_value(text: str, size: int = 5) -> float:
+    """Minus the steps to the next sub-goal (face the key, face the door, stand on the goal), read from
+    the fully observable text; a later phase is always worth more. Same function for every model."""
+    lines = dict(line.split(": ", 1) for line in text.split("\n"))
+    pos, _, facing = lines["agent"].partition(" facing ")
+    x, y = (int(v) for v in pos.split(","))
+    d = ("right", "down", "left", "up").index(facing)
+    key = next((v for k, v in lines.items() if k.endswith(" key")), "carried")
+    door_k = next(k for k in lines if k.endswith(" door"))
+    door_pos, _, door_state = lines[door_k].partition(" ")
+    walls = {tuple(int(v) for v in w.split(",")) for w in lines["walls"].split() if w != "none"}
+    goal = tuple(int(v) for v in lines["goal"].split(","))
+    dx_, dy_ = tuple(int(v) for v in door_pos.split(","))
+    blocked = set(walls)
+    if door_state != "open":
+        blocked.add((dx_, dy_))
+    if key != "carried":
+        blocked.add(tuple(int(v) for v in key.split(",")))
+    if door_state == "open":
+        target, face, phase = goal, False, 0
+    elif key == "carried":
+        target, face, phase = (dx_, dy_), True, 1
+    else:
+        target, face, phase = tuple(int(v) for v in key.split(",")), True, 2
+    vec = ((1, 0), (0, 1), (-1, 0), (0, -1))
+    start = (x, y, d)
+    dist = {start: 0}
+    queue = deque([start])
+    while queue:
+        cx, cy, cd = queue.popleft()
+        fx, fy = cx + vec[cd][0], cy + vec[cd][1]
+        if (face and (fx, fy) == target) or (not face and (cx, cy) == target):
+            return -0.01 * (20 * phase + dist[(cx, cy, cd)])
+        nxt = [(cx, cy, (cd - 1) % 4), (cx, cy, (cd + 1) % 4)]
+        if 0 < fx < size - 1 and 0 < fy < size - 1 and (fx, fy) not in blocked:
+            nxt.append((fx, fy, cd))
+        for s in nxt:
+            if s not in dist:
+                dist[s] = dist[(cx, cy, cd)] + 1
+                queue.append(s)
+    return -0.01 * (20 * phase + 50)
+
+
+def run_planner(model: Any, seeds: range, max_steps: int, sim: Any | None) -> dict[str, float]:
+    import llmrl
+    from llmrl.envs import WithText
+    from llmrl.envs.transitions import FullMiniGridDescriber
+    from llmrl.roles.world_model import WorldModelPlanner
+
+    wins, steps_used = [], []
+    t0 = time.perf_counter()
+    for seed in seeds:
+        env = WithText(llmrl.make(DOORKEY), describer=FullMiniGridDescriber())
+        agent = WorldModelPlanner(model, PLAN_ACTIONS, depth=1, value=doorkey_value, seed=seed)
+        obs, info = env.reset(seed=seed)
+        won, k = False, 0
+        for k in range(1, max_steps + 1):  # noqa: B007
+            if sim is not None:
+                sim.observe(env)
+            a = ("turn left", "turn right", "move forward", "pick up", "drop", "toggle").index(
+                PLAN_ACTIONS[agent.act(obs, info)]
+            )
+            obs, r, term, trunc, info = env.step(a)
+            if term or trunc:
+                won = term and r > 0
+                break
+        wins.append(won)
+        steps_used.append(k)
+        print(f"  seed {seed}: {'success' if won else 'fail'} in {k} steps", flush=True)
+    return {
+        "success": float(np.mean(wins)),
+        "episodes": float(len(wins)),
+        "mean_steps": float(np.mean(steps_used)),
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def stage_plan(work: Path, args: argparse.Namespace, results: dict) -> None:
+    from llmrl.envs.transitions import FullMiniGridDescriber
+    from llmrl.roles.world_model import SimulatorModel
+
+    seeds = range(1000, 1000 + args.plan_episodes)
+    sim = SimulatorModel(
+        FullMiniGridDescriber(),
+        ("turn left", "turn right", "move forward", "pick up", "drop", "toggle", "done"),
+    )
+    out = {"simulator": run_planner(sim, seeds, args.plan_max_steps, sim)}
+    print(f"planning, simulator: {out['simulator']}", flush=True)
+    llm = finetuned_llamacpp(work)
+    wm = finetuned_model(work, llm, confidence=False)
+    out["finetuned"] = run_planner(wm, seeds, args.plan_max_steps, None)
+    out["finetuned"]["unparseable"] = float(wm.counters["unparseable"])
+    out["finetuned"]["predictions"] = float(wm.counters["predictions"] - wm.counters["memo_hits"])
+    out["ratio"] = out["finetuned"]["success"] / max(out["simulator"]["success"], 1e-9)
+    results["plan"] = out
+    print(f"planning, fine-tuned model: {out['finetuned']}; ratio {out['ratio']:.2f}", flush=True)
+    save(results, work)
+
+
+# -- glue ------------------------------------------------------------------------------------------------
+
+
+def save(results: dict, work: Path) -> None:
+    """Merge this process's stages into results.json (stages may run in parallel processes)."""
+    path = work / "results.json"
+    current = json.loads(path.read_text()) if path.exists() else {}
+    for key, value in results.items():
+        if isinstance(value, dict) and isinstance(current.get(key), dict):
+            current[key].update(value)
+        else:
+            current[key] = value
+    path.write_text(json.dumps(current, indent=1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stages", default="data,zeroshot,finetune,eval,plan")
+    p.add_argument("--work", type=Path, default=Path("/tmp/llmrl_world_model"))
+    p.add_argument("--n", type=int, default=2000, help="transitions collected per dataset")
+    p.add_argument("--zero-n", type=int, default=24, help="held-out transitions per dataset, zero-shot")
+    p.add_argument("--test-n", type=int, default=48, help="held-out transitions per dataset, fine-tuned")
+    p.add_argument(
+        "--fit-doorkey", type=int, default=120, help="distinct DoorKey transitions to fine-tune on"
+    )
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--layers", type=int, default=6, help="decoder layers (from the top) that get adapters")
+    p.add_argument("--fit-minutes", type=float, default=20.0)
+    p.add_argument("--resume", type=Path, default=None, help="adapters (.safetensors) to keep training")
+    p.add_argument("--plan-episodes", type=int, default=6)
+    p.add_argument("--plan-max-steps", type=int, default=40)
+    args = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(2)
+    args.work.mkdir(parents=True, exist_ok=True)
+    results: dict = {"machine": versions()}
+    stages = args.stages.split(",")
+    if "data" in stages:
+        stage_data(args.work, args.n)
+    if "zeroshot" in stages:
+        stage_zeroshot(args.work, args.zero_n, results)
+    if "finetune" in stages:
+        stage_finetune(args.work, args, results)
+    if "eval" in stages:
+        stage_eval(args.work, args, results)
+    if "gate" in stages:
+        stage_gate(args.work, args, results)
+    if "plan" in stages:
+        stage_plan(args.work, args, results)
+    print(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

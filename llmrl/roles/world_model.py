@@ -1,0 +1,672 @@
+"""The LLM as a world model: predict the next state in words, the reward and the end; plan with it.
+
+    wm = LLMWorldModel(llmrl.llm.load("embedded"), examples=train[:3], manual=manual("minigrid"))
+    p = wm.predict([state_text], ["move forward"])    # p.next_states, p.rewards, p.dones, p.confidences
+
+    wm = LLMWorldModel(HFLLM.from_gguf(), target="diff")  # the embedded Gemma through transformers
+    wm.fit(train, max_minutes=10)                        # LoRA fine-tuning on transitions (needs gradients)
+
+    agent = WorldModelPlanner(wm, actions, value=my_value)   # agent.act(obs, info) reads info["text"]
+
+The prompt shows the state text, the action and asks for the next state (or only the lines that change,
+`target="diff"`, see `llmrl.envs.transitions.state_diff`), then `reward: <number>` and `done: yes|no`.
+Published picture (ByteSized32, Word2World): prompted LLMs are poor simulators, fine-tuned ones good;
+so both backends share one prompt and one parser, and the fine-tuned one drops the few-shot examples.
+
+The model's output is data: it is parsed and checked (a full state must have the same `name:` lines as
+the current one; a difference may only name lines the state has), never executed. A prediction that fails
+is counted (`unparseable`) and marked invalid; callers fall back to the real env.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from llmrl.envs.transitions import Transition, apply_diff, state_diff
+from llmrl.errors import ConfigError
+from llmrl.llm.base import LLM
+from llmrl.llm.common import check_capabilities
+from llmrl.llm.lora import add_lora
+from llmrl.roles.base import RoleWrapper
+
+__all__ = [
+    "LLMWorldModel",
+    "Prediction",
+    "WorldModel",
+    "SimulatorModel",
+    "FitReport",
+    "WorldModelPlanner",
+    "lookahead",
+    "useful_actions",
+    "imagine",
+    "accuracy",
+    "WorldModelMonitor",
+]
+
+Target = Literal["full", "diff"]
+_INSTRUCTION = "Predict the next state, the reward and whether the episode ends."
+_STOP = "\n\n"
+
+
+@dataclass
+class Prediction:
+    """What a world model says about a batch of (state, action) pairs. Arrays have shape (n,)."""
+
+    next_states: list[str | None]
+    """The predicted next state text; None where the model's output could not be parsed."""
+    rewards: np.ndarray
+    dones: np.ndarray
+    confidences: np.ndarray
+    """exp(sum of the output's token log-probabilities): the model's probability of its own answer."""
+    valid: np.ndarray
+    raw: list[str] = field(default_factory=list)
+    """The model's outputs as generated (for logs and GIFs)."""
+
+
+class WorldModel:
+    """Anything with `predict(states, actions) -> Prediction` (the LLM world model, the true simulator)."""
+
+    def predict(self, states: Sequence[str], actions: Sequence[str]) -> Prediction:
+        raise NotImplementedError
+
+
+class SimulatorModel(WorldModel):
+    """The true dynamics behind the world-model interface, for planning baselines and tests.
+
+    It knows the states it was shown: `observe(env)` stores a copy of `env` under its state text, and
+    every prediction stores the copy it stepped, so a search can go deeper. An unknown text is invalid.
+    """
+
+    def __init__(self, describer: Any, actions: Sequence[str]) -> None:
+        self.describer, self.actions = describer, list(actions)
+        self._envs: dict[str, Any] = {}
+
+    def observe(self, env: Any) -> str:
+        """Remember a copy of `env` (a gymnasium.Env, at its current state); returns its state text."""
+        import copy
+
+        u = copy.deepcopy(env.unwrapped)
+        text = self.describer.text(
+            self.describer.snapshot(u, u.gen_obs() if hasattr(u, "gen_obs") else _obs_of(u))
+        )
+        self._envs[text] = u
+        return text
+
+    def predict(self, states: Sequence[str], actions: Sequence[str]) -> Prediction:
+        import copy
+
+        n = len(states)
+        nxt: list[str | None] = [None] * n
+        rewards, dones = np.zeros(n), np.zeros(n, dtype=bool)
+        for i, (s, a) in enumerate(zip(states, actions)):
+            if s not in self._envs or a not in self.actions:
+                continue
+            u = copy.deepcopy(self._envs[s])
+            obs, r, term, _trunc, _info = u.step(self.actions.index(a))
+            text = self.describer.text(self.describer.snapshot(u, obs))
+            self._envs.setdefault(text, u)
+            nxt[i], rewards[i], dones[i] = text, float(r), bool(term)
+        valid = np.array([x is not None for x in nxt], dtype=bool)
+        return Prediction(nxt, rewards, dones, valid.astype(np.float64), valid, ["" for _ in nxt])
+
+
+def _obs_of(u: Any) -> Any:
+    # the Grid's observation is its cell index; other envs expose gen_obs (MiniGrid)
+    return u._obs()
+
+
+def _keys(text: str) -> list[str] | None:
+    """The line names of a structured state (two or more `name: value` lines), else None (free text)."""
+    lines = text.split("\n")
+    keys = [ln.partition(": ")[0] for ln in lines if ": " in ln]
+    return keys if len(keys) == len(lines) > 1 else None
+
+
+def _parse(completion: str, state: str, target: Target) -> tuple[str, float, bool] | None:
+    """(next state, reward, done) from a completion, or None when it does not follow the format."""
+    lines = completion.strip("\n").split("\n")
+    r_at = next((i for i, ln in enumerate(lines) if ln.startswith("reward:")), None)
+    if r_at is None or r_at + 1 >= len(lines) or not lines[r_at + 1].startswith("done:"):
+        return None
+    try:
+        reward = float(lines[r_at].partition(":")[2].strip())
+    except ValueError:
+        return None
+    if not math.isfinite(reward):
+        return None
+    done_word = lines[r_at + 1].partition(":")[2].strip()
+    if done_word not in ("yes", "no"):
+        return None
+    body = "\n".join(lines[:r_at]).strip()
+    if not body:
+        return None
+    if target == "diff":
+        try:
+            nxt = apply_diff(state, body)
+        except (ValueError, ConfigError):
+            return None
+    else:
+        nxt = body
+        # a structured state must keep its lines: same names, same order
+        if _keys(state) is not None and _keys(nxt) != _keys(state):
+            return None
+    return nxt, reward, done_word == "yes"
+
+
+def _format_reward(r: float) -> str:
+    return f"{r:.2f}".rstrip("0").rstrip(".") if r != 0 else "0"
+
+
+class LLMWorldModel(WorldModel):
+    """A language model that predicts transitions, prompted few-shot or fine-tuned (see module docstring).
+
+    llm: any LLM of the protocol (a CachedLLM caches every prediction on disk); needs `generate`, and
+        `score` when confidence=True. examples: transitions shown before each query (few-shot).
+    manual: a game manual put first (`llmrl.envs.manual(env_id)`). target: "full" next state or "diff"
+        (only the changed `name: value` lines, merged into the state by code).
+    max_tokens: the longest output; confidence: score each output (one more forward pass each).
+    """
+
+    def __init__(
+        self,
+        llm: LLM,
+        *,
+        examples: Sequence[Transition] = (),
+        manual: str | None = None,
+        target: Target = "full",
+        max_tokens: int = 96,
+        confidence: bool = True,
+    ) -> None:
+        if target not in ("full", "diff"):
+            raise ConfigError(f"target must be 'full' or 'diff', got {target!r}")
+        if max_tokens < 4:
+            raise ConfigError(
+                f"max_tokens must be >= 4 (the reward and done lines alone need that), got {max_tokens}"
+            )
+        check_capabilities(llm.name, llm.capabilities, ("generate", "score") if confidence else ("generate",))
+        self.llm = llm
+        self.target: Target = target
+        self.max_tokens = int(max_tokens)
+        self.confidence = bool(confidence)
+        self.manual = manual
+        self.examples = list(examples)
+        head = (manual.strip() + "\n\n" if manual else "") + _INSTRUCTION + "\n\n"
+        self._head = head + "".join(
+            self.prompt(e.state, e.action, head="") + self.completion(e) for e in examples
+        )
+        self._memo: dict[tuple[str, str], tuple[str | None, float, bool, float, str]] = {}
+        self.counters = {"predictions": 0, "memo_hits": 0, "unparseable": 0}
+
+    # -- text in, text out -------------------------------------------------------------------------
+
+    def prompt(self, state: str, action: str, *, head: str | None = None) -> str:
+        """The model's input for one (state, action); the few-shot head first unless head="" is given."""
+        return f"{self._head if head is None else head}State:\n{state}\nAction: {action}\nNext:\n"
+
+    def completion(self, tr: Transition) -> str:
+        """The output the model should give for a transition (what fine-tuning teaches), ending in a blank line."""
+        body = state_diff(tr.state, tr.next_state) if self.target == "diff" else tr.next_state
+        return f"{body}\nreward: {_format_reward(tr.reward)}\ndone: {'yes' if tr.terminated else 'no'}{_STOP}"
+
+    # -- prediction --------------------------------------------------------------------------------
+
+    def predict(self, states: Sequence[str], actions: Sequence[str]) -> Prediction:
+        """One prediction per (state, action), in one batched call for the pairs not seen before."""
+        if len(states) != len(actions):
+            raise ConfigError(
+                f"predict needs one action per state, got {len(states)} states, {len(actions)} actions"
+            )
+        pairs = list(zip(states, actions))
+        todo = list(dict.fromkeys(p for p in pairs if p not in self._memo))
+        self.counters["predictions"] += len(pairs)
+        self.counters["memo_hits"] += len(pairs) - len(todo)
+        if todo:
+            prompts = [self.prompt(s, a) for s, a in todo]
+            outs = self.llm.generate(prompts, max_tokens=self.max_tokens, stop=[_STOP])
+            for (s, a), p, out in zip(todo, prompts, outs):
+                parsed = _parse(out, s, self.target)
+                conf = 0.0
+                if parsed is None:
+                    self.counters["unparseable"] += 1
+                elif self.confidence:
+                    # the probability of the answer as given, stop included (what fine-tuning taught)
+                    conf = float(np.exp(self.llm.score(p, [out.rstrip("\n") + _STOP])[0]))
+                nxt, r, d = parsed if parsed is not None else (None, 0.0, False)
+                self._memo[(s, a)] = (nxt, r, d, conf, out)
+        got = [self._memo[p] for p in pairs]
+        return Prediction(
+            next_states=[g[0] for g in got],
+            rewards=np.array([g[1] for g in got], dtype=np.float64),
+            dones=np.array([g[2] for g in got], dtype=bool),
+            confidences=np.array([g[3] for g in got], dtype=np.float64),
+            valid=np.array([g[0] is not None for g in got], dtype=bool),
+            raw=[g[4] for g in got],
+        )
+
+    def llmrl_metrics(self) -> dict[str, float]:
+        """Counters for the training log: predictions asked, answered from memory, unparseable."""
+        return {f"wm/{k}": float(v) for k, v in self.counters.items()}
+
+    # -- fine-tuning -------------------------------------------------------------------------------
+
+    def fit(
+        self,
+        transitions: Sequence[Transition],
+        *,
+        epochs: int = 3,
+        lr: float = 1e-3,
+        rank: int = 16,
+        layers: int = 6,
+        batch_size: int = 8,
+        max_minutes: float | None = None,
+        seed: int = 0,
+        log: Callable[[dict[str, float]], None] | None = None,
+    ) -> FitReport:
+        """LoRA supervised fine-tuning on `transitions`: the loss is on the output tokens only.
+
+        Adapters (`llmrl.llm.lora.add_lora`: rank `rank`, alpha 2*rank) go on the value/output and MLP
+        linears of the last `layers` decoder layers; everything else is frozen, so gradients flow through
+        those layers only, and the adapters export to llama.cpp (`export_lora_gguf`). Stops after
+        `epochs` or `max_minutes`. Afterwards the model answers without the few-shot examples (they are
+        dropped from the prompt) and under a new name, so no cached answer of the base model is reused.
+        Needs a backend with gradients (`llmrl.llm.HFLLM`): others raise ConfigError.
+        """
+        module, tok = _trainable(self.llm)
+        if not transitions:
+            raise ConfigError("fit needs at least one transition")
+        if epochs < 1 or rank < 1 or layers < 1 or batch_size < 1 or lr <= 0:
+            raise ConfigError(
+                f"fit needs epochs, rank, layers, batch_size >= 1 and lr > 0; got {epochs}, {rank}, {layers}, "
+                f"{batch_size}, {lr}"
+            )
+        import torch
+
+        self.examples, self._head = [], _INSTRUCTION + "\n\n"  # the fine-tuned model needs no examples
+        if self.manual:
+            self._head = self.manual.strip() + "\n\n" + self._head
+        params = add_lora(module, rank=rank, layers=layers, seed=seed)
+        device = next(module.parameters()).device
+        eos = tok.eos_token_id
+        data = []
+        for tr in transitions:
+            p = tok(self.prompt(tr.state, tr.action), add_special_tokens=True)["input_ids"]
+            c = tok(self.completion(tr).rstrip("\n") + _STOP, add_special_tokens=False)["input_ids"]
+            data.append((list(p), list(c) + ([eos] if eos is not None else [])))
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+        rng = np.random.default_rng(seed)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else (eos or 0)
+        t0, steps, losses = time.perf_counter(), 0, []
+        total_steps = epochs * math.ceil(len(data) / batch_size)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: min(1.0, (s + 1) / 10) * max(0.05, 1 - s / total_steps)
+        )
+        module.train()
+        stop = False
+        epoch = 0
+        for epoch in range(epochs):  # noqa: B007 (reported below)
+            order = rng.permutation(len(data))
+            for b in range(0, len(data), batch_size):
+                batch = [data[int(i)] for i in order[b : b + batch_size]]
+                ids, mask, labels, keep = _left_padded(batch, pad)
+                ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
+                # logits only for the last `keep` positions: the (seq, 262k-vocab) head is most of the cost
+                out = module(input_ids=ids, attention_mask=mask, logits_to_keep=keep + 1)
+                logits = out.logits[:, :-1].float()  # (B, keep, V): position t predicts token t + 1
+                loss = torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]), labels[:, -keep:].reshape(-1), ignore_index=-100
+                )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                sched.step()
+                steps += 1
+                losses.append(loss.item())
+                if log is not None:
+                    log(
+                        {
+                            "wm/loss": losses[-1],
+                            "wm/epoch": float(epoch),
+                            "wm/seconds": time.perf_counter() - t0,
+                        }
+                    )
+                if max_minutes is not None and time.perf_counter() - t0 > 60 * max_minutes:
+                    stop = True
+                    break
+            if stop:
+                break
+        module.eval()
+        digest = hashlib.sha256(
+            repr(
+                (len(data), epochs, lr, rank, layers, seed, steps, self.target, [d[1][:8] for d in data[:64]])
+            ).encode()
+        ).hexdigest()[:12]
+        _rename(self.llm, f"+wm-lora-{digest}")
+        self._memo.clear()
+        return FitReport(
+            transitions=len(data),
+            steps=steps,
+            epochs=epoch + 1,
+            seconds=time.perf_counter() - t0,
+            first_loss=float(np.mean(losses[:5])) if losses else float("nan"),
+            last_loss=float(np.mean(losses[-5:])) if losses else float("nan"),
+            trainable_parameters=int(sum(p.numel() for p in params)),
+        )
+
+
+@dataclass(frozen=True)
+class FitReport:
+    """What a fine-tuning run did."""
+
+    transitions: int
+    steps: int
+    epochs: int
+    seconds: float
+    first_loss: float
+    last_loss: float
+    trainable_parameters: int
+
+
+def _left_padded(batch: list[tuple[list[int], list[int]]], pad: int) -> tuple[Any, Any, Any, int]:
+    """(ids, attention mask, labels, k): left padding puts every output at the end, in the last k slots."""
+    import torch
+
+    seqs = [p + c for p, c in batch]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    labels = torch.full((len(seqs), width), -100, dtype=torch.long)
+    for i, ((_p, c), s) in enumerate(zip(batch, seqs)):
+        ids[i, width - len(s) :] = torch.tensor(s)
+        mask[i, width - len(s) :] = 1
+        labels[i, width - len(c) :] = torch.tensor(c)
+    keep = max(len(c) for _, c in batch)
+    return ids, mask, labels, keep
+
+
+def _trainable(llm: Any) -> tuple[Any, Any]:
+    """(module, tokenizer) of a backend with gradients, else a ConfigError that names one."""
+    backend = llm.__dict__.get("backend", llm) if hasattr(llm, "__dict__") else llm
+    get = getattr(backend, "trainable", None)
+    if get is None:
+        raise ConfigError(
+            f"{llm.name} has no gradients, so it cannot be fine-tuned; load the model through transformers "
+            "instead: llmrl.llm.HFLLM.from_gguf() (the embedded Gemma) or llmrl.llm.load('hf:<path>')"
+        )
+    return get()
+
+
+def _rename(llm: Any, suffix: str) -> None:
+    base = re.sub(r"\+wm-lora-[0-9a-f]+$", "", llm.name)
+    llm.name = base + suffix
+    inner = llm.__dict__.get("backend") if hasattr(llm, "__dict__") else None
+    if inner is not None and inner is not llm:
+        inner.name = re.sub(r"\+wm-lora-[0-9a-f]+$", "", inner.name) + suffix
+
+
+# -- measuring ------------------------------------------------------------------------------------------
+
+
+def accuracy(
+    model: WorldModel, transitions: Sequence[Transition], *, batch_size: int = 16
+) -> dict[str, float]:
+    """Exact match of the next state, reward within 0.1, done; overall and split by `predictable`.
+
+    Keys: n, exact, reward, done, valid, and exact_predictable / exact_unpredictable with their counts
+    (n_predictable, n_unpredictable) when both kinds occur.
+    """
+    hits, rew, don, val = [], [], [], []
+    for b in range(0, len(transitions), batch_size):
+        chunk = transitions[b : b + batch_size]
+        p = model.predict([t.state for t in chunk], [t.action for t in chunk])
+        for i, t in enumerate(chunk):
+            hits.append(p.next_states[i] == t.next_state)
+            rew.append(bool(p.valid[i]) and abs(p.rewards[i] - t.reward) <= 0.1)
+            don.append(bool(p.valid[i]) and bool(p.dones[i]) == t.terminated)
+            val.append(bool(p.valid[i]))
+    out = {
+        "n": float(len(hits)),
+        "exact": float(np.mean(hits)) if hits else float("nan"),
+        "reward": float(np.mean(rew)) if rew else float("nan"),
+        "done": float(np.mean(don)) if don else float("nan"),
+        "valid": float(np.mean(val)) if val else float("nan"),
+    }
+    pred = np.array([t.predictable for t in transitions], dtype=bool)
+    if pred.any() and (~pred).any():
+        h = np.array(hits)
+        out.update(
+            exact_predictable=float(h[pred].mean()),
+            exact_unpredictable=float(h[~pred].mean()),
+            n_predictable=float(pred.sum()),
+            n_unpredictable=float((~pred).sum()),
+        )
+    return out
+
+
+# -- using the model: plan, filter, imagine --------------------------------------------------------------
+
+
+def lookahead(
+    model: WorldModel,
+    state: str,
+    actions: Sequence[str],
+    *,
+    depth: int = 1,
+    value: Callable[[str], float] | None = None,
+    gamma: float = 0.95,
+) -> np.ndarray:
+    """Q estimates of each action from `state` by exhaustive search over predicted states, `depth` deep.
+
+    Each level's distinct states are predicted in one batched call. A leaf is worth `value(text)` (0 if
+    no value function); an episode end is worth its reward; an invalid prediction is worth the state's
+    own value (the model said nothing usable). Shape (len(actions),).
+    """
+    if depth < 1:
+        raise ConfigError(f"depth must be >= 1, got {depth}")
+    v = value or (lambda _s: 0.0)
+    levels: list[list[str]] = [[state]]
+    preds: list[dict[str, Prediction]] = []
+    for d in range(depth):
+        frontier = levels[-1]
+        p = model.predict([s for s in frontier for _ in actions], [a for _ in frontier for a in actions])
+        table = {}
+        nxt: list[str] = []
+        for i, s in enumerate(frontier):
+            sl = slice(i * len(actions), (i + 1) * len(actions))
+            table[s] = Prediction(
+                p.next_states[sl], p.rewards[sl], p.dones[sl], p.confidences[sl], p.valid[sl]
+            )
+            if d + 1 < depth:
+                nxt += [
+                    n for n, done in zip(table[s].next_states, table[s].dones) if n is not None and not done
+                ]
+        preds.append(table)
+        levels.append(list(dict.fromkeys(nxt)))
+
+    def q(s: str, d: int) -> np.ndarray:
+        pr = preds[d][s]
+        out = np.empty(len(actions))
+        for j in range(len(actions)):
+            n = pr.next_states[j]
+            if n is None:
+                out[j] = v(s)
+            elif pr.dones[j]:
+                out[j] = pr.rewards[j]
+            elif d + 1 < depth:
+                out[j] = pr.rewards[j] + gamma * float(q(n, d + 1).max())
+            else:
+                out[j] = pr.rewards[j] + gamma * v(n)
+        return out
+
+    return q(state, 0)
+
+
+def useful_actions(model: WorldModel, states: Sequence[str], actions: Sequence[str]) -> np.ndarray:
+    """Action filter: (len(states), len(actions)) bool, False for actions predicted to change nothing
+    (same state, no reward, no end). Invalid predictions are kept (never prune on no information); a row
+    with every action pruned keeps them all."""
+    p = model.predict([s for s in states for _ in actions], [a for _ in states for a in actions])
+    same = np.array([n == s for n, s in zip(p.next_states, (s for s in states for _ in actions))])
+    keep = ~(p.valid & same & (p.rewards == 0) & ~p.dones)
+    keep = keep.reshape(len(states), len(actions))
+    keep[~keep.any(axis=1)] = True
+    return keep
+
+
+class WorldModelPlanner:
+    """An agent that acts by lookahead in a world model: `act(obs, info)` reads `info["text"]`.
+
+    actions: the action words, in action-id order. value: leaf value of a state text (a goal test is a
+    value of 1 at the goal). Ties are broken at random (seeded), so a flat value does not freeze it.
+    """
+
+    def __init__(
+        self,
+        model: WorldModel,
+        actions: Sequence[str],
+        *,
+        depth: int = 1,
+        value: Callable[[str], float] | None = None,
+        gamma: float = 0.95,
+        seed: int = 0,
+        text_key: str = "text",
+    ) -> None:
+        if not actions:
+            raise ConfigError("WorldModelPlanner needs at least one action word")
+        self.model, self.actions = model, list(actions)
+        self.depth, self.value, self.gamma, self.text_key = depth, value, gamma, text_key
+        self.rng = np.random.default_rng(seed)
+
+    def q_values(self, text: str) -> np.ndarray:
+        return lookahead(self.model, text, self.actions, depth=self.depth, value=self.value, gamma=self.gamma)
+
+    def act(self, obs: Any, info: dict) -> int:
+        if self.text_key not in info:
+            raise ConfigError(f"WorldModelPlanner reads info[{self.text_key!r}]: wrap the env in WithText")
+        q = self.q_values(info[self.text_key])
+        best = np.flatnonzero(q >= q.max() - 1e-9)
+        return int(self.rng.choice(best))
+
+
+def imagine(
+    model: WorldModel,
+    states: Sequence[str],
+    actions: Sequence[str],
+    *,
+    min_confidence: float = 0.0,
+) -> list[Transition]:
+    """Dyna-style imagined transitions: predictions for (state, action) pairs, kept when valid and at
+    least `min_confidence` (the gate). The caller picks how many to ask for (the imagination ratio)."""
+    p = model.predict(states, actions)
+    out = []
+    for i, (s, a) in enumerate(zip(states, actions)):
+        nxt = p.next_states[i]
+        if nxt is not None and p.confidences[i] >= min_confidence:
+            out.append(Transition(s, a, nxt, float(p.rewards[i]), bool(p.dones[i]), source="imagined"))
+    return out
+
+
+# -- the role: the world model's accuracy in the training log ---------------------------------------------
+
+
+def _action_words(env: Any) -> tuple[str, ...]:
+    """The action words of the first env found down the wrapper chain (vector envs: their first env)."""
+    from llmrl.envs.transitions import action_names
+
+    e = env
+    while e is not None:
+        for candidate in (e, *(getattr(e, "envs", None) or ())[:1]):
+            try:
+                return action_names(candidate)
+            except (ConfigError, AttributeError):
+                continue
+        e = getattr(e, "env", None)
+    raise ConfigError("no action words for this env; pass actions=[...] (one word per action id)")
+
+
+class WorldModelMonitor(RoleWrapper):
+    """`llmrl train --role world-model`: the LLM predicts each next state text while the agent trains,
+    and the training log gets its accuracy (`wm/exact`, `wm/reward`, `wm/done`, `wm/unparseable`).
+
+    The first `shots` real transitions with distinct actions become the few-shot examples; then one env
+    step in `every` is predicted (per env). The env's reward and observations are unchanged: the role
+    only measures, so an agent trains as without it. `info["wm_prediction"]` holds the last prediction.
+    """
+
+    def __init__(
+        self,
+        env: Any,
+        llm: LLM,
+        *,
+        shots: int = 3,
+        every: int = 1,
+        target: Target = "full",
+        manual: str | None = None,
+        actions: Sequence[str] | None = None,
+        max_tokens: int = 96,
+    ) -> None:
+        super().__init__(env)
+        if shots < 1 or every < 1:
+            raise ConfigError(f"shots and every must be >= 1, got {shots} and {every}")
+        self.words = tuple(actions) if actions is not None else _action_words(env)
+        self.llm, self.shots, self.every = llm, int(shots), int(every)
+        self.settings = {"target": target, "manual": manual, "max_tokens": max_tokens}
+        self.model: LLMWorldModel | None = None
+        self.examples: list[Transition] = []
+        self._texts: list[str | None] = [None] * self.num_envs
+        self._actions = np.zeros(self.num_envs, dtype=np.int64)
+        self._count = 0
+        self.scores = {"predicted": 0, "exact": 0, "reward": 0, "done": 0}
+        check_capabilities(llm.name, llm.capabilities, ("generate", "score"))
+
+    def step(self, action: Any):
+        self._actions = np.asarray(action, dtype=np.int64).reshape(self.num_envs)
+        return super().step(action)
+
+    def process(self, obs, rewards, terminated, truncated, infos, starts):
+        asked: list[tuple[int, Transition]] = []
+        for i, info in enumerate(infos):
+            text, prev = info.get("text"), self._texts[i]
+            if text is None:
+                raise ConfigError("WorldModelMonitor reads info['text']: wrap the env in llmrl.envs.WithText")
+            if not starts[i] and prev is not None:
+                tr = Transition(
+                    prev, self.words[int(self._actions[i])], text, float(rewards[i]), bool(terminated[i])
+                )
+                if self.model is None:
+                    if all(e.action != tr.action for e in self.examples):
+                        self.examples.append(tr)
+                    if len(self.examples) >= self.shots:
+                        self.model = LLMWorldModel(self.llm, examples=self.examples, **self.settings)
+                else:
+                    self._count += 1
+                    if self._count % self.every == 0:
+                        asked.append((i, tr))
+            # an episode's last text is not the next state of the reset's first one
+            self._texts[i] = None if (terminated[i] or truncated[i]) else text
+        if asked and self.model is not None:
+            p = self.model.predict([t.state for _, t in asked], [t.action for _, t in asked])
+            for j, (i, tr) in enumerate(asked):
+                self.scores["predicted"] += 1
+                self.scores["exact"] += int(p.next_states[j] == tr.next_state)
+                self.scores["reward"] += int(bool(p.valid[j]) and abs(p.rewards[j] - tr.reward) <= 0.1)
+                self.scores["done"] += int(bool(p.valid[j]) and bool(p.dones[j]) == tr.terminated)
+                infos[i]["wm_prediction"] = p.next_states[j] if p.valid[j] else p.raw[j]
+        return obs, rewards
+
+    def llmrl_metrics(self) -> dict[str, float]:
+        n = max(self.scores["predicted"], 1)
+        out = {"wm/predicted": float(self.scores["predicted"])}
+        out.update({f"wm/{k}": self.scores[k] / n for k in ("exact", "reward", "done")})
+        if self.model is not None:
+            out["wm/unparseable"] = float(self.model.counters["unparseable"])
+            out.update(self.llm.stats.as_dict())
+        return out

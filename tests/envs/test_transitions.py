@@ -1,0 +1,71 @@
+"""Transitions in words: fully observable describers, state differences, JSONL files, episode splits."""
+
+from __future__ import annotations
+
+import pytest
+
+import llmrl
+from llmrl.envs.transitions import (
+    NO_CHANGE,
+    FullMiniGridDescriber,
+    apply_diff,
+    collect,
+    full_describer_for,
+    load_jsonl,
+    save_jsonl,
+    split,
+    state_diff,
+)
+from llmrl.errors import ConfigError
+
+
+def test_grid_text_has_the_map_and_the_cat():
+    env = llmrl.make("llmrl/Grid-v0", slip=0.0)
+    data = collect(env, 50, seed=0)
+    assert data[0].state == "map: ...G/.#.P/S...\ncat: column 1, row 1"
+    up = next(t for t in data if t.state == data[0].state and t.action == "up")
+    assert up.next_state.endswith("cat: column 1, row 2") and up.reward == -0.04 and not up.terminated
+    assert {t.episode for t in data} == set(range(data[-1].episode + 1))
+
+
+def test_state_diff_round_trip_and_errors():
+    a = "agent: 1,1 facing up\ncarrying: nothing\nyellow key: 1,2"
+    b = "agent: 1,1 facing up\ncarrying: yellow key\nyellow key: carried"
+    d = state_diff(a, b)
+    assert d == "carrying: yellow key\nyellow key: carried"
+    assert apply_diff(a, d) == b and state_diff(a, a) == NO_CHANGE and apply_diff(a, NO_CHANGE) == a
+    with pytest.raises(ValueError, match="does not have"):
+        apply_diff(a, "door: 2,2 open")
+    with pytest.raises(ConfigError):
+        state_diff("free text", "other text")
+
+
+def test_doorkey_full_text_follows_the_dynamics():
+    pytest.importorskip("minigrid")
+    env = llmrl.make("MiniGrid-DoorKey-5x5-v0")
+    assert isinstance(full_describer_for(env), FullMiniGridDescriber)
+    data = collect(env, 400, seed=0)
+    keys = [line.split(": ")[0] for line in data[0].state.split("\n")]
+    assert keys == ["agent", "carrying", "goal", "yellow door", "yellow key", "walls"]
+    for t in data:  # the set of lines never changes, so every step has a difference
+        state_diff(t.state, t.next_state)
+    turns = [t for t in data if t.action == "turn right"]
+    assert turns and all(state_diff(t.state, t.next_state).startswith("agent: ") for t in turns)
+
+
+def test_jsonl_round_trip_and_bad_lines(tmp_path):
+    data = collect(llmrl.make("llmrl/Grid-v0"), 30, seed=1, source="random")
+    path = save_jsonl(data, tmp_path / "d" / "grid.jsonl")
+    assert load_jsonl(path) == data
+    path.write_text(path.read_text() + '{"state": "x"}\n')
+    with pytest.raises(ConfigError, match=r"grid.jsonl:31"):
+        load_jsonl(path)
+
+
+def test_split_keeps_episodes_whole():
+    data = collect(llmrl.make("llmrl/Grid-v0"), 400, seed=0)
+    train, test = split(data, test_fraction=0.25, seed=0)
+    assert len(train) + len(test) == len(data) and test
+    assert not {t.episode for t in train} & {t.episode for t in test}
+    with pytest.raises(ConfigError):
+        split(data, test_fraction=1.0)
