@@ -63,7 +63,12 @@ def test_single_and_vector_adapters_give_the_same_numbers() -> None:
         obs, r, term, trunc, info = single.step(1)
         vobs, vr, vterm, vtrunc, vinfo = vector.step(np.array([1, 1]))
         assert isinstance(r, float) and isinstance(term, bool)
-        assert obs.tolist() == vobs[0].tolist() and r == vr[0] and term == vterm[0] and info["t"] == vinfo["t"][0]
+        assert (
+            obs.tolist() == vobs[0].tolist()
+            and r == vr[0]
+            and term == vterm[0]
+            and info["t"] == vinfo["t"][0]
+        )
     assert term and r == 1.0 + 2
     # NEXT_STEP autoreset: the vector's next step is the reset, which process sees as a start
     vector.step(np.array([1, 1]))
