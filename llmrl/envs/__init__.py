@@ -23,7 +23,14 @@ from llmrl.envs.text import (
     family_of,
     register_describer,
 )
-from llmrl.envs.wrappers import ImageObservation, TextObservation, VectorWithText, WithText
+from llmrl.envs.wrappers import (
+    ImageObservation,
+    TextObservation,
+    TextSource,
+    VectorWithText,
+    WithText,
+    has_text,
+)
 
 __all__ = [
     "make",
@@ -33,6 +40,8 @@ __all__ = [
     "GridEnv",
     "WithText",
     "VectorWithText",
+    "TextSource",
+    "has_text",
     "TextObservation",
     "ImageObservation",
     "Describer",

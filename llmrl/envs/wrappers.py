@@ -2,7 +2,8 @@
 
 - `WithText(env)`: `info["text"]` (the state in words) and `info["caption"]` (what the last transition did,
   "" when nothing notable) in every reset/step info; the observation is untouched, so SB3 and RLlib still
-  accept the env. Wrapping a vector env gives a vector wrapper with arrays of strings in `infos`.
+  accept the env. Wrapping a vector env gives a `VectorWithText`, with arrays of strings in `infos` (the
+  same dispatch as the roles', `llmrl.envs.adapters.Adaptive`).
 - `TextObservation(env)`: the text becomes part of the observation (`gymnasium.spaces.Text`).
 - `ImageObservation(env, size=84, grey=False)`: the env's `rgb_array` render becomes the observation.
 """
@@ -17,12 +18,15 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, SyncVectorEnv, VectorEnv, VectorWrapper
 
+from llmrl.envs.adapters import Adaptive
 from llmrl.envs.text import Describer, describer_for
 from llmrl.errors import ConfigError
 
 __all__ = [
     "WithText",
     "VectorWithText",
+    "TextSource",
+    "has_text",
     "TextObservation",
     "ImageObservation",
     "TEXT_CHARSET",
@@ -42,21 +46,39 @@ def _finish_caption(caption: str, truncated: bool) -> str:
     return TIMEOUT_CAPTION if truncated and not caption else caption
 
 
-class WithText(gym.Wrapper, gym.utils.RecordConstructorArgs):
+class TextSource:
+    """Marks a wrapper or env that writes the state text into `info["text"]` (see `has_text`). `WithText`
+    and `VectorWithText` are text sources; an env that writes the text itself derives from this too."""
+
+
+def has_text(env: Any) -> bool:
+    """True if `env` or a wrapper under it is a `TextSource`, or it is a sync vector env all of whose envs
+    have text (their `info["text"]` is batched into the vector info)."""
+    e: Any = env
+    while e is not None:
+        if isinstance(e, TextSource):
+            return True
+        if isinstance(e, SyncVectorEnv):
+            return all(has_text(sub) for sub in e.envs)
+        e = getattr(e, "env", None)
+    return False
+
+
+class WithText(TextSource, gym.Wrapper, gym.utils.RecordConstructorArgs, metaclass=Adaptive):
     """Adds `info["text"]` and `info["caption"]` to every reset and step. Observation and spaces unchanged.
 
     `describer=` overrides the family's default (see `llmrl.envs.describer_for`). Given a vector env,
-    `WithText(venv)` returns a `VectorWithText`.
+    `WithText(venv)` builds a `VectorWithText` (`adapter_for`).
 
     >>> env = WithText(llmrl.make("llmrl/Grid-v0"))
     >>> env.reset(seed=0)[1]["text"]
     'cat at column 1, row 1; goal 3 cells right, 2 cells up; puddle 3 cells right, 1 cell up; blocked: down, left'
     """
 
-    def __new__(cls, env: Any, *args: Any, **kwargs: Any) -> Any:
-        if isinstance(env, VectorEnv):
-            return VectorWithText(env, *args, **kwargs)
-        return super().__new__(cls)
+    @classmethod
+    def adapter_for(cls, env: Any) -> type:
+        """`VectorWithText` for a vector env, else this class."""
+        return VectorWithText if isinstance(env, VectorEnv) else cls
 
     def __init__(self, env: gym.Env, describer: Describer | None = None) -> None:
         gym.utils.RecordConstructorArgs.__init__(self, describer=describer)
@@ -112,7 +134,7 @@ def _item(obs: Any, i: int) -> Any:
     return obs[i]
 
 
-class VectorWithText(VectorWrapper):
+class VectorWithText(TextSource, VectorWrapper):
     """`WithText` for a vector env: `infos["text"]`, `infos["caption"]` are object arrays of shape (num_envs,)
     (with the usual `_text`/`_caption` masks). Needs a `SyncVectorEnv` (the describers read each env's state)
     or a native vector env whose describer reads the observation alone (CartPole); NEXT_STEP autoreset."""

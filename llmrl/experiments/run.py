@@ -257,11 +257,9 @@ def build_env(
 
     env: Any
     if is_minigrid_id(cfg.env) or cfg.image_obs:
+        # with n > 1 each env already writes info["text"] (described before the observation was changed),
+        # which the sync vector env batches: has_text sees that, so the role does not describe it again
         env = single() if n == 1 else gym.vector.SyncVectorEnv([single] * n)
-        if n > 1 and text:
-            # each env already writes info["text"] (described before the observation was changed), which
-            # the vector env batches: the role must not describe the changed observation again
-            env.provides_text = True
     else:
         env = make(cfg.env, num_envs=n, **kwargs)
     if inner is not None:

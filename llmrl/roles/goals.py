@@ -331,7 +331,7 @@ class ELLMGoals(RoleWrapper):
         return gym.spaces.Dict({"obs": space, "goal": goal})
 
     def _with_goal(self, obs: Any) -> Any:
-        inner = self.env.single_observation_space if self.is_vector else self.env.observation_space  # type: ignore[attr-defined]
+        inner = self.env.single_observation_space if self.is_vector else self.env.observation_space
         tops = [g[0] if g else "" for g in self._goals]
         emb = self.embeddings([t for t in tops if t])
         vecs = np.zeros((self.num_envs, self._goal_dim), dtype=np.float32)  # (n, d); zeros = no goal

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from gymnasium import spaces
 
+from llmrl.envs import TextSource
 from llmrl.errors import ConfigError
 from llmrl.llm.base import CallStats, UnsupportedOperationError
 from llmrl.roles.advice import Advisor
@@ -47,10 +48,9 @@ class FakeLLM:
         return [f"  advice\nfor {len(p)}  " for p in prompts]
 
 
-class ChainEnv(gym.Env):
+class ChainEnv(TextSource, gym.Env):
     """Positions 0..4; action 1 moves right, 0 stays; info['text'] names the position."""
 
-    provides_text = True
     metadata = {"render_modes": ["rgb_array"]}
 
     def __init__(self, image: bool = False, render_mode: str | None = "rgb_array"):
