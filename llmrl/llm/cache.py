@@ -283,10 +283,14 @@ class CachedLLM:
         return f"<CachedLLM {self.name} cache={where!r} replay={self.replay} budget={self.budget}>"
 
     def __getattr__(self, attr: str) -> Any:
-        # Backend-specific extras (e.g. the hf backend's `module` and `tokenizer`) stay reachable.
+        # Backend-specific extras (e.g. the hf backend's `module` and `tokenizer`) stay reachable; in lazy
+        # mode asking for one builds the backend (a role that trains through the model needs it itself).
         backend = self.__dict__.get("backend")
         if backend is None:
-            raise AttributeError(attr)
+            connect = self.__dict__.get("connect")
+            if connect is None or attr.startswith("__"):
+                raise AttributeError(attr)
+            backend = self.backend = connect()
         return getattr(backend, attr)
 
     # -- the mechanism shared by every operation ---------------------------------------------

@@ -87,6 +87,8 @@ def test_a_lazy_llm_builds_its_backend_at_the_first_miss_only(server, tmp_path):
     assert (lazy.embed(["a dog", "a cat"]) == first[::-1]).all() and lazy.backend is None  # hits only
     lazy.embed(["a bird"])  # a miss: the backend is built now
     assert lazy.backend is not None and lazy.stats.misses == 1
+    extra = load("openai:m", cache=cache, lazy=True)
+    assert extra.base_url.endswith("/v1") and extra.backend is not None  # a backend's own attribute builds it
     server.shutdown()
     server.server_close()
     offline = load("openai:m", cache=cache, lazy=True, retries=0, timeout=1.0)
