@@ -427,11 +427,15 @@ def train(cfg: TrainConfig) -> Path:
 
 def evaluate_run(cfg: EvalConfig) -> dict[str, float]:
     """Evaluate a run's checkpoint; print and return mean, std and episodes."""
+    from llmrl import llm as llm_module
     from llmrl.evaluate import evaluate
 
     run = Path(cfg.run)
     tcfg = saved_config(run)
-    env, _llm = build_env(tcfg, num_envs=1)
+    # lazy: the answers the role needs are usually in the persistent cache from training, so the model
+    # is loaded (or its server reached) only at the first miss; eval then runs with the server down
+    llm = None if tcfg.role == "none" else llm_module.load(tcfg.llm, cache=True, lazy=True)
+    env, _llm = build_env(tcfg, num_envs=1, llm=llm)
     agent: Any = agent_class(tcfg.algo).load(run / "checkpoint", env=env, policy=_policy_module(env))  # type: ignore[attr-defined]
     result = evaluate(agent, env, n_episodes=cfg.episodes, deterministic=cfg.deterministic, seed=cfg.seed)
     print(f"{tcfg.env}: mean return {result.mean:.2f} ± {result.std:.2f} over {cfg.episodes} episodes")

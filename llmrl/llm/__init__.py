@@ -141,6 +141,7 @@ def load(
     replay: bool = False,
     budget: Budget | None = None,
     fallback: LLM | str | None = None,
+    lazy: bool = False,
     **backend_kwargs: Any,
 ) -> LLM:
     """Build the backend named by `spec` and check it can do everything in `require`.
@@ -155,6 +156,9 @@ def load(
         every answer (count, shape, finite values) and counts calls, tokens and seconds.
     replay: answer from the cache only (the model is not even loaded); a miss raises CacheMissError.
     budget: limits on model calls / tokens / seconds; fallback: an LLM (or spec) answering once spent.
+    lazy: build the backend (load the model, reach the server) only when a cache miss needs it, so a
+        cached answer needs neither; a miss that cannot reach it is one LLMUnavailableError line. Name
+        and capabilities come from the spec, as with replay.
     backend_kwargs: passed to the backend's constructor (e.g. n_threads=, device=, timeout=).
     """
     require = tuple(require)
@@ -164,7 +168,7 @@ def load(
         )
     if isinstance(spec, str):
         kind, arg = _split(spec)
-        if replay:
+        if replay or lazy:
             name, caps = _recorded_identity(kind, arg, backend_kwargs)
             check_capabilities(name, caps, require)
             backend = None
@@ -195,4 +199,5 @@ def load(
         fallback=fallback,
         name=name,
         capabilities=caps,
+        connect=(lambda: _build(kind, arg, backend_kwargs)) if lazy and isinstance(spec, str) else None,
     )

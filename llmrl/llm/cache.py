@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from llmrl.errors import ConfigError
+from llmrl.errors import ConfigError, LLMRLError
 from llmrl.llm.base import (
     LLM,
     BudgetExceededError,
@@ -37,6 +37,7 @@ from llmrl.llm.base import (
     Image,
     LLMCacheError,
     LLMOutputError,
+    LLMUnavailableError,
 )
 from llmrl.llm.common import check_feature_args, check_images, image_digest, output_problem
 
@@ -222,13 +223,16 @@ def _dec_vec(b: bytes) -> np.ndarray:
 class CachedLLM:
     """Wraps any LLM (the protocol in `llm/base.py`) with cache, replay, budget and counters.
 
-    backend: the model; may be None when `replay=True` (then `name` and `capabilities` are needed).
+    backend: the model; may be None when `replay=True` or `connect` is given (then `name` and
+        `capabilities` are needed).
     cache: an LLMCache, a path to its SQLite file, ":memory:", None for ":memory:", or False for no
         store at all (answers are still checked and counted: what `llmrl.llm.load` gives without a cache).
     replay: never call the model; a cache miss raises CacheMissError.
     budget: limits on model calls, tokens and seconds (cache hits are free).
     fallback: an LLM that answers the misses once the budget is spent (its answers are not cached);
         without one, a spent budget raises BudgetExceededError.
+    connect: builds the backend at the first miss (with backend=None): answers in the cache then need
+        no model and no server; a miss whose backend cannot be built is one LLMUnavailableError line.
     """
 
     def __init__(
@@ -241,14 +245,17 @@ class CachedLLM:
         fallback: LLM | None = None,
         name: str | None = None,
         capabilities: frozenset[str] | None = None,
+        connect: Callable[[], LLM] | None = None,
     ):
-        if backend is None and not replay:
-            raise ConfigError("CachedLLM needs a backend unless replay=True")
+        if backend is None and not replay and connect is None:
+            raise ConfigError("CachedLLM needs a backend unless replay=True or connect= builds it")
         if backend is None and (name is None or capabilities is None):
             raise ConfigError(
-                "CachedLLM(None, replay=True) needs name= and capabilities= of the recorded model"
+                "CachedLLM(None, replay=True or connect=...) needs name= and capabilities= of the "
+                "recorded model"
             )
         self.backend = backend
+        self.connect = connect
         self.name: str = name if name is not None else backend.name  # type: ignore[union-attr]
         self.capabilities: frozenset[str] = (
             capabilities if capabilities is not None else backend.capabilities  # type: ignore[union-attr]
@@ -276,10 +283,14 @@ class CachedLLM:
         return f"<CachedLLM {self.name} cache={where!r} replay={self.replay} budget={self.budget}>"
 
     def __getattr__(self, attr: str) -> Any:
-        # Backend-specific extras (e.g. the hf backend's `module` and `tokenizer`) stay reachable.
+        # Backend-specific extras (e.g. the hf backend's `module` and `tokenizer`) stay reachable; in lazy
+        # mode asking for one builds the backend (a role that trains through the model needs it itself).
         backend = self.__dict__.get("backend")
         if backend is None:
-            raise AttributeError(attr)
+            connect = self.__dict__.get("connect")
+            if connect is None or attr.startswith("__"):
+                raise AttributeError(attr)
+            backend = self.backend = connect()
         return getattr(backend, attr)
 
     # -- the mechanism shared by every operation ---------------------------------------------
@@ -397,7 +408,8 @@ class CachedLLM:
                 )
             self.stats.fallbacks += len(missing)
             return compute(self.fallback, missing), f"{self.fallback.name} (the fallback of {self.name})"
-        assert self.backend is not None  # replay=False guarantees a backend (checked in __init__)
+        if self.backend is None:
+            self.backend = self._connect(op, missing, describe)
         tokens0 = self.backend.stats.tokens
         t0 = time.perf_counter()
         values = compute(self.backend, missing)
@@ -405,6 +417,18 @@ class CachedLLM:
         self.stats.tokens += self.backend.stats.tokens - tokens0
         self.stats.misses += len(missing)
         return values, self.name
+
+    def _connect(self, op: str, missing: list[int], describe: Callable[[int], str]) -> LLM:
+        """Build the backend for the first miss (lazy mode); one line naming the miss if it cannot be."""
+        assert self.connect is not None  # replay=False and no backend: __init__ checked connect
+        try:
+            return self.connect()
+        except LLMRLError as err:
+            where = self.cache.path if self.cache is not None else None
+            raise LLMUnavailableError(
+                f"{op} of {describe(missing[0])} is not in the cache {where!r} ({len(missing)} missing in "
+                f"this call) and {self.name} could not be reached to answer it: {err}"
+            ) from err
 
     # -- the protocol ----------------------------------------------------------------------
 

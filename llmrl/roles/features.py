@@ -31,8 +31,9 @@ import numpy as np
 from gymnasium import spaces
 
 from llmrl.errors import ConfigError
-from llmrl.llm.base import LLM
+from llmrl.llm.base import LLM, LLMOutputError
 from llmrl.llm.cache import checked
+from llmrl.roles.bad_output import BadOutputPolicy, check_bad_output_policy, handle_bad_output
 from llmrl.roles.base import RoleWrapper, has_text, require_capabilities, with_text
 
 __all__ = [
@@ -103,6 +104,7 @@ class LLMFeatures(RoleWrapper):
         normalize: bool = True,
         memo_size: int = 50_000,
         key: str = "llm",
+        on_bad_output: BadOutputPolicy = "raise",
     ):
         """
         Args:
@@ -121,6 +123,10 @@ class LLMFeatures(RoleWrapper):
                 swamp the other inputs of the Q-network.
             memo_size: states kept in the in-memory memo (least recently used are dropped).
             key: the observation key of the feature vector.
+            on_bad_output: what a bad answer (`LLMOutputError`: NaN/inf, wrong count or shape) does
+                (`llmrl.roles.bad_output`): "raise" stops; "fallback" gives those envs zero features;
+                "skip" keeps each env's previous feature. Either way the state is asked again at the
+                next step and the call is counted as `llm/bad_outputs`.
         """
         if source not in ("text", "image"):
             raise ConfigError(f"source={source!r} is not supported; use 'text' (info['text']) or 'image'.")
@@ -130,6 +136,7 @@ class LLMFeatures(RoleWrapper):
             raise ConfigError(f"every={every!r} must be an integer >= 1 (1 = every step).")
         if memo_size < 0:
             raise ConfigError(f"memo_size={memo_size!r} must be >= 0 (0 turns the memo off).")
+        check_bad_output_policy(on_bad_output, ("raise", "fallback", "skip"), "LLMFeatures")
         if source == "text" and "{state}" not in template:
             raise ConfigError(f"template={template!r} has no '{{state}}' placeholder for the state text.")
         if source == "image":
@@ -147,8 +154,11 @@ class LLMFeatures(RoleWrapper):
         self.tokens = tokens
         self.template, self.every, self.on_change = template, int(every), on_change
         self.normalize, self.memo_size, self.key = normalize, memo_size, key
+        self.on_bad_output = on_bad_output
         self._memo: OrderedDict[Any, np.ndarray] = OrderedDict()
-        self._counts = dict.fromkeys(("steps", "reused", "memo_hits", "calls", "cache_hits"), 0)
+        self._counts = dict.fromkeys(
+            ("steps", "reused", "memo_hits", "calls", "cache_hits", "bad_outputs"), 0
+        )
         self._seconds = 0.0
         if source == "text":
             env = with_text(env)
@@ -190,9 +200,17 @@ class LLMFeatures(RoleWrapper):
                 self._since[i] += 1
                 self._counts["reused"] += 1
         if todo:
-            feats = self._lookup([keys[i] for i in todo])
-            for i, f in zip(todo, feats):
-                self._last_feat[i], self._last_key[i], self._since[i] = f, keys[i][0], 0
+            try:
+                feats = self._lookup([keys[i] for i in todo])
+            except LLMOutputError as err:
+                handle_bad_output(err, self.on_bad_output, self._counts, "LLMFeatures", "llm")
+                for i in todo:  # "skip" keeps the previous feature; both ask again at the next step
+                    if self.on_bad_output == "fallback":
+                        self._last_feat[i] = 0.0
+                    self._last_key[i], self._since[i] = None, self.every - 1
+            else:
+                for i, f in zip(todo, feats):
+                    self._last_feat[i], self._last_key[i], self._since[i] = f, keys[i][0], 0
         out = dict(obs) if isinstance(obs, dict) else {"obs": obs}
         out[self.key] = self._last_feat.copy()  # (n, d)
         return out, rewards

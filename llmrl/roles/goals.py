@@ -23,8 +23,9 @@ import gymnasium as gym
 import numpy as np
 
 from llmrl.errors import ConfigError
-from llmrl.llm.base import LLM
+from llmrl.llm.base import LLM, LLMOutputError
 from llmrl.llm.cache import checked
+from llmrl.roles.bad_output import BadOutputPolicy, check_bad_output_policy, handle_bad_output
 from llmrl.roles.base import RoleWrapper, require_capabilities
 from llmrl.roles.registry import register_text_filter
 from llmrl.roles.registry import text_filter as resolve_text_filter
@@ -248,6 +249,10 @@ class ELLMGoals(RoleWrapper):
             builder), e.g. `minigrid_summary` to keep the mission and inventory only: fewer
             distinct prompts, so far fewer LLM calls. A string names a registered filter
             (`llmrl.roles.registry.TEXT_FILTERS`), so presets can hold it.
+        on_bad_output: what a bad answer (`LLMOutputError`: NaN/inf scores or embeddings, a wrong
+            count) does (`llmrl.roles.bad_output`): "raise" stops; "skip" goes on without it: a bad
+            suggestion call keeps the previous goals and asks again at the next step, a bad caption
+            embedding gives no intrinsic reward that step. Counted as `goals/bad_outputs`.
     """
 
     def __init__(
@@ -269,7 +274,9 @@ class ELLMGoals(RoleWrapper):
         extrinsic: bool = True,
         text_filter: str | Callable[[str], str] | None = None,
         max_tokens: int = 40,
+        on_bad_output: BadOutputPolicy = "raise",
     ):
+        check_bad_output_policy(on_bad_output, ("raise", "skip"), "ELLMGoals")
         if k < 1:
             raise ConfigError(f"ELLMGoals k={k} must be >= 1 (number of goals suggested per state).")
         if suggest not in ("rank", "generate", "oracle"):
@@ -315,6 +322,8 @@ class ELLMGoals(RoleWrapper):
         self._achieved_total = 0
         self._steps = 0
         self._refreshes = 0
+        self.on_bad_output = on_bad_output
+        self.counters: dict[str, float] = {"bad_outputs": 0}
 
     # -- observation space ------------------------------------------------------------------------
 
@@ -352,9 +361,21 @@ class ELLMGoals(RoleWrapper):
         for i in np.flatnonzero(starts):
             self._goals[i], self._done[i], self._achieved[i], self._context[i] = [], [], [], None
         captions = ["" if starts[i] else str(infos[i].get("caption", "") or "") for i in range(n)]
-        self._reward_captions(captions, intrinsic, infos)
+        try:
+            self._reward_captions(captions, intrinsic, infos)
+        except LLMOutputError as err:  # "skip": no intrinsic reward this step
+            handle_bad_output(err, self.on_bad_output, self.counters, "ELLMGoals", "goals")
+            intrinsic[:] = 0.0
+            for i, c in enumerate(captions):  # the captions are still seen (the LLM calls come first)
+                if c:
+                    self._done[i].append(c)
         # An episode's last step needs no new suggestions: the next observation starts a new episode.
-        self._refresh(infos, captions, starts, skip=terminated | truncated)
+        contexts = list(self._context)
+        try:
+            self._refresh(infos, captions, starts, skip=terminated | truncated)
+        except LLMOutputError as err:  # "skip": keep the goals; the changed contexts ask again next step
+            handle_bad_output(err, self.on_bad_output, self.counters, "ELLMGoals", "goals")
+            self._context = [None if new != old else old for new, old in zip(self._context, contexts)]
         for i in range(n):
             infos[i]["goals"] = list(self._goals[i])
             infos[i]["intrinsic_reward"] = float(intrinsic[i])
@@ -452,6 +473,7 @@ class ELLMGoals(RoleWrapper):
                 "goals/refreshes": float(self._refreshes),
                 "goals/embeds": float(self.embeddings.calls),
                 "goals/achieved": float(self._achieved_total),
+                "goals/bad_outputs": float(self.counters["bad_outputs"]),
                 # a running total, so not `reward/intrinsic` (the reward roles' mean episode intrinsic return)
                 "goals/intrinsic_total": float(self._intrinsic_total),
                 "goals/intrinsic_per_step": self._intrinsic_total / max(self._steps, 1),

@@ -106,3 +106,42 @@ def test_resume_is_exact_with_the_real_embedded_model_through_its_cache(tmp_path
     for (name, a), b in zip(whole.model.named_parameters(), resumed.model.parameters()):
         assert torch.equal(a, b), name
     backend.close()
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    pytest.importorskip("transformers")
+    from llmrl.testing import tiny_clip
+
+    return tiny_clip(tmp_path_factory.mktemp("clip"))
+
+
+@pytest.mark.parametrize("defer", [True, False])
+@pytest.mark.parametrize("num_envs", [1, 2])
+def test_resume_is_exact_with_clip_reward(tmp_path, clip_dir, num_envs, defer):
+    """The 7th role: a tiny random CLIP scores rendered frames (episodes cross the save point)."""
+    import gymnasium as gym
+
+    from llmrl.roles.rewards import CLIPEmbedder, CLIPReward
+
+    def env():
+        if num_envs > 1:
+            base = gym.make_vec(
+                "llmrl/Grid-v0", num_envs=num_envs, vectorization_mode="sync", render_mode="rgb_array"
+            )
+        else:
+            base = gym.make("llmrl/Grid-v0", render_mode="rgb_array")
+        return CLIPReward(base, CLIPEmbedder(clip_dir), goal="a cat on the goal", defer=defer, every=2)
+
+    def save_half(agent, metrics):
+        if agent.num_timesteps >= 96 and not (tmp_path / "half").exists():
+            agent.save(tmp_path / "half")
+
+    whole = PPO(env(), seed=1, n_steps=32, batch_size=32)
+    whole.learn(192, progress_bar=False, callback=save_half)
+    resumed = PPO.load(tmp_path / "half", env=env())
+    assert resumed.num_timesteps < 192
+    resumed.learn(192, progress_bar=False)
+    a, b = dict(whole.model.named_parameters()), dict(resumed.model.named_parameters())
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differ, f"{len(differ)}/{len(a)} tensors differ after resume: {differ[:3]}"

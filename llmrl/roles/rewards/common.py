@@ -17,19 +17,18 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from llmrl.errors import ConfigError
 from llmrl.llm.base import LLM, LLMOutputError
 from llmrl.llm.cache import checked
+from llmrl.roles.bad_output import BadOutputPolicy, check_bad_output_policy, handle_bad_output
 from llmrl.roles.base import RoleWrapper, require_capabilities
 
 __all__ = ["RewardRole", "BadOutputPolicy", "add_relabel", "yes_no_prompt_logit", "check_llm"]
 
-BadOutputPolicy = Literal["raise", "fallback", "skip"]
-"""What a reward role does with a bad LLM answer: stop, use `fallback_reward`, or add nothing."""
 
 log = logging.getLogger("llmrl.roles.rewards")
 
@@ -99,8 +98,7 @@ class RewardRole(RoleWrapper):
         super().__init__(env)
         if max_calls is not None and max_calls < 0:
             raise ConfigError(f"max_calls must be >= 0 or None (no budget), got {max_calls}.")
-        if on_bad_output not in ("raise", "fallback", "skip"):
-            raise ConfigError(f"on_bad_output must be 'raise', 'fallback' or 'skip', not {on_bad_output!r}.")
+        check_bad_output_policy(on_bad_output, ("raise", "fallback", "skip"), type(self).__name__)
         if not np.isfinite(fallback_reward):
             raise ConfigError(f"fallback_reward must be a finite number, not {fallback_reward!r}.")
         self.on_bad_output, self.fallback_reward = on_bad_output, float(fallback_reward)
@@ -156,12 +154,7 @@ class RewardRole(RoleWrapper):
                 self.intrinsic(obs, rewards, terminated, truncated, infos, starts), dtype=np.float32
             )
         except LLMOutputError as err:
-            self.counters["bad_outputs"] += 1
-            if self.on_bad_output == "raise":
-                raise
-            if self.counters["bad_outputs"] == 1:  # once: the count is in the log from then on
-                log.warning("%s: %s -> on_bad_output=%r: going on (counted as %s/bad_outputs)",
-                            type(self).__name__, err, self.on_bad_output, self.metric_name)  # fmt: skip
+            handle_bad_output(err, self.on_bad_output, self.counters, type(self).__name__, self.metric_name)
             value = self.fallback_reward if self.on_bad_output == "fallback" else 0.0
             intr = np.full(len(rewards), value, dtype=np.float32)
         if not np.isfinite(intr).all():  # a role's own arithmetic must not smuggle NaN into training

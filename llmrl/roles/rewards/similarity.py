@@ -143,6 +143,22 @@ class CLIPEmbedder:
             self.stats["seconds"] += time.perf_counter() - t0
         return np.stack([self._memo[k] for k in keys])
 
+    def llmrl_state(self) -> dict[str, Any]:
+        """The memo of frame embeddings, for checkpoints.
+
+        Exact resume needs it: an embedding's last bits depend on the batch it was computed in, so a
+        frame re-embedded after a resume (in another batch) can differ from the memoised one. Costs
+        4 * D bytes per distinct frame seen (2 KiB at D = 512).
+        """
+        keys = list(self._memo)
+        emb = np.stack([self._memo[k] for k in keys]) if keys else np.zeros((0, 0), dtype=np.float32)
+        return {"keys": [k.hex() for k in keys], "embeddings": emb, "stats": dict(self.stats)}
+
+    def llmrl_set_state(self, state: dict[str, Any]) -> None:
+        emb = np.asarray(state["embeddings"])
+        self._memo = {bytes.fromhex(k): emb[i] for i, k in enumerate(state["keys"])}
+        self.stats = dict(state["stats"])
+
 
 def _as_array(feats: Any) -> np.ndarray:
     # transformers >= 5 returns an output object whose pooler_output holds the projected features
@@ -231,6 +247,16 @@ class GoalSimilarityReward(RewardRole):
         self._held = np.zeros(n, dtype=np.float64)
         self._t = np.zeros(n, dtype=np.int64)
         self.counters.update(states_scored=0)
+
+    def llmrl_state(self) -> dict[str, Any]:
+        """The embedder's memo (when it keeps one), for checkpoints; the buffers, held values and step
+        counts are plain attributes, saved with the env state."""
+        hook = getattr(self.embedder, "llmrl_state", None)
+        return {"embedder": hook() if hook is not None else None}
+
+    def llmrl_set_state(self, state: dict[str, Any]) -> None:
+        if state["embedder"] is not None:
+            self.embedder.llmrl_set_state(state["embedder"])  # type: ignore[attr-defined]
 
     def state_of(self, obs: Any, infos: list[dict], idx: Sequence[int]) -> list[Any]:
         """The states (frames or texts) of envs `idx` after this step."""
