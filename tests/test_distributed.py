@@ -242,8 +242,8 @@ def test_cli_trains_on_ray_workers_and_resumes_in_process(local_ray, tmp_path, c
     assert llmrl.PPO.load(run / "checkpoint").num_timesteps >= first + 64
 
 
-@pytest.mark.slow
 def test_distributed_ppo_learns_cartpole_like_local_ppo(local_ray):
+    """In the default suite (about 8 s on 2 quiet cores): the issue asks for this in CI."""
     cfg = dict(n_steps=256, batch_size=256, n_epochs=10, learning_rate=3e-3, ent_coef=0.0, gae_lambda=0.95)
     steps = 40_000
     local = llmrl.PPO(llmrl.make("CartPole-v1", num_envs=4), seed=0, **cfg).learn(steps, progress_bar=False)
@@ -256,8 +256,8 @@ def test_distributed_ppo_learns_cartpole_like_local_ppo(local_ray):
     eval_env = gym.make("CartPole-v1")
     r_local = llmrl.evaluate(local, eval_env, 10, seed=0).mean
     r_dist = llmrl.evaluate(dist, eval_env, 10, seed=0).mean
-    assert r_local >= 195
-    assert r_dist >= 0.8 * r_local
+    assert r_local >= 195, r_local
+    assert r_dist >= 0.8 * r_local, (r_dist, r_local)
 
 
 @pytest.mark.slow
