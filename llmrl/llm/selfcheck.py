@@ -100,7 +100,8 @@ llm.close()
 
 
 def probe(path: str | Path, *, extra_buffers: bool, timeout: float = _TIMEOUT_S) -> Probe:
-    """Run the backend's operations on `path` in a child process; report whether it survived."""
+    """Load `path` with this setting in a child process and decode with it (a token at a time and a batch);
+    report whether the child survived."""
     start = time.perf_counter()
     env = dict(os.environ, **{ENV_VAR: "on" if extra_buffers else "off"})
     cmd = [sys.executable, "-X", "faulthandler", "-c", _CHILD, str(path), "1" if extra_buffers else "0"]
