@@ -43,21 +43,27 @@ def _env(role, faulty, num_envs):
     return ROLES[role](WithText(base), load(faulty(None)))
 
 
-@pytest.mark.parametrize("num_envs", [1, 2])
-@pytest.mark.parametrize("role", list(ROLES))
-def test_resume_is_exact(tmp_path, faulty, role, num_envs):
+def _assert_resume_is_exact(make_env, tmp_path, total: int) -> None:
+    """Train to `total` saving at half way; resume from that save in a fresh env: weights bit-identical."""
+
     def save_half(agent, metrics):
-        if agent.num_timesteps >= 192 and not (tmp_path / "half").exists():
+        if agent.num_timesteps >= total // 2 and not (tmp_path / "half").exists():
             agent.save(tmp_path / "half")
 
-    whole = PPO(_env(role, faulty, num_envs), seed=1, n_steps=32, batch_size=32)
-    whole.learn(384, progress_bar=False, callback=save_half)
-    resumed = PPO.load(tmp_path / "half", env=_env(role, faulty, num_envs))
-    assert resumed.num_timesteps < 384
-    resumed.learn(384, progress_bar=False)
+    whole = PPO(make_env(), seed=1, n_steps=32, batch_size=32)
+    whole.learn(total, progress_bar=False, callback=save_half)
+    resumed = PPO.load(tmp_path / "half", env=make_env())
+    assert resumed.num_timesteps < total
+    resumed.learn(total, progress_bar=False)
     a, b = dict(whole.model.named_parameters()), dict(resumed.model.named_parameters())
     differ = [k for k in a if not torch.equal(a[k], b[k])]
     assert not differ, f"{len(differ)}/{len(a)} tensors differ after resume: {differ[:3]}"
+
+
+@pytest.mark.parametrize("num_envs", [1, 2])
+@pytest.mark.parametrize("role", list(ROLES))
+def test_resume_is_exact(tmp_path, faulty, role, num_envs):
+    _assert_resume_is_exact(lambda: _env(role, faulty, num_envs), tmp_path, 384)
 
 
 def test_preference_reward_trains_under_ppo(faulty):
@@ -95,16 +101,7 @@ def test_resume_is_exact_with_the_real_embedded_model_through_its_cache(tmp_path
             WithText(llmrl.make("llmrl/Grid-v0", num_envs=2)), load(backend.backend, cache=cache)
         )
 
-    def save_half(agent, metrics):
-        if agent.num_timesteps >= 96 and not (tmp_path / "half").exists():
-            agent.save(tmp_path / "half")
-
-    whole = PPO(env(), seed=1, n_steps=32, batch_size=32)
-    whole.learn(192, progress_bar=False, callback=save_half)
-    resumed = PPO.load(tmp_path / "half", env=env())
-    resumed.learn(192, progress_bar=False)
-    for (name, a), b in zip(whole.model.named_parameters(), resumed.model.parameters()):
-        assert torch.equal(a, b), name
+    _assert_resume_is_exact(env, tmp_path, 192)
     backend.close()
 
 
@@ -133,15 +130,4 @@ def test_resume_is_exact_with_clip_reward(tmp_path, clip_dir, num_envs, defer):
             base = gym.make("llmrl/Grid-v0", render_mode="rgb_array")
         return CLIPReward(base, CLIPEmbedder(clip_dir), goal="a cat on the goal", defer=defer, every=2)
 
-    def save_half(agent, metrics):
-        if agent.num_timesteps >= 96 and not (tmp_path / "half").exists():
-            agent.save(tmp_path / "half")
-
-    whole = PPO(env(), seed=1, n_steps=32, batch_size=32)
-    whole.learn(192, progress_bar=False, callback=save_half)
-    resumed = PPO.load(tmp_path / "half", env=env())
-    assert resumed.num_timesteps < 192
-    resumed.learn(192, progress_bar=False)
-    a, b = dict(whole.model.named_parameters()), dict(resumed.model.named_parameters())
-    differ = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not differ, f"{len(differ)}/{len(a)} tensors differ after resume: {differ[:3]}"
+    _assert_resume_is_exact(env, tmp_path, 192)
