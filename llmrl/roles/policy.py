@@ -43,6 +43,7 @@ from torch import nn
 
 from llmrl.errors import ConfigError, optional_import
 from llmrl.llm.base import UnsupportedOperationError
+from llmrl.roles._decoder import Stack as _Stack
 from llmrl.roles.base import RoleWrapper, with_text
 
 __all__ = [
@@ -50,6 +51,7 @@ __all__ = [
     "TextIds",
     "TextTable",
     "PolicyRole",
+    "PolicyObservation",
     "GLAM_ACTIONS",
     "DEFAULT_TEMPLATE",
     "action_names",
@@ -113,30 +115,79 @@ class TextTable:
         self._ids = {t: i for i, t in enumerate(self.texts)}
 
 
-class TextIds(RoleWrapper):
-    """The observation becomes the id of the state's prompt in `policy.texts` (`Discrete`); made by
-    `LLMPolicy.wrap(env)`. Reads `info["text"]` (adds `WithText` when missing) and keeps each env's last
-    `policy.history` action names for the prompt's history line."""
+class PolicyObservation(RoleWrapper):
+    """What the wrappers of the policy modules share (`TextIds`, `llmrl.roles.vlm_policy.FrameIds`): the env
+    offers the policy's actions (the first `policy.n` of the env's), names them for GIF panels and terminal
+    renders, and the policy's counters go to the training log."""
 
-    def __init__(self, env: Any, policy: LLMPolicy) -> None:
+    def __init__(self, env: Any, policy: Any) -> None:
         self.policy = policy  # before the base class asks transform_space
-        super().__init__(with_text(env))
-        # plain lists, so the env-state snapshot of a checkpoint holds them (exact resume)
-        self.past: list[list[str]] = [[] for _ in range(self.num_envs)]
-        self.last_actions: list[int] = [-1] * self.num_envs
+        super().__init__(env)
 
-    def transform_space(self, space: gym.Space) -> gym.Space:
-        # the actions the policy has strings for (the first n of the env's)
+    def offer_actions(self) -> None:
+        """Restrict the action space to the policy's actions (call from `transform_space`)."""
         if self.is_vector:
             self.single_action_space = spaces.Discrete(self.policy.n)
             self.action_space = gym.vector.utils.batch_space(self.single_action_space, self.num_envs)
         else:
             self.action_space = spaces.Discrete(self.policy.n)
-        return spaces.Discrete(self.policy.texts.limit)
 
     def get_action_meanings(self) -> list[str]:
         """The policy's action strings (GIF panels and terminal renders label the probabilities with them)."""
         return list(self.policy.actions)
+
+    def llmrl_metrics(self) -> dict[str, float]:
+        return self.policy.metrics()
+
+
+def check_action_space(env: Any, policy: Any) -> None:
+    """ConfigError unless `env` has a Discrete action space with at least the policy's `n` actions."""
+    space = env.single_action_space if isinstance(env, gym.vector.VectorEnv) else env.action_space
+    if not isinstance(space, spaces.Discrete) or int(space.n) < policy.n:
+        raise ConfigError(
+            f"the env has action space {space} but the policy has {policy.n} actions {list(policy.actions)}; "
+            "give one string per Discrete action"
+        )
+
+
+def gradient_llm(llm: Any) -> Any:
+    """The model behind a cost-control wrapper; the embedded llama.cpp model swapped for the same GGUF
+    de-quantised through transformers (a policy that trains needs gradients through it)."""
+    llm = getattr(llm, "backend", None) or llm
+    from llmrl.llm.llamacpp import EMBEDDED_NAME
+
+    if getattr(llm, "module", None) is None and getattr(llm, "name", "") == EMBEDDED_NAME:
+        from llmrl.llm.hf import HFLLM
+
+        return HFLLM.from_gguf()
+    return llm
+
+
+def mlp_head(d: int, hidden: int, n_out: int, gain: float) -> nn.Sequential:
+    """LayerNorm (no affine) -> Linear(d, hidden) -> Tanh -> Linear(hidden, n_out): a head on an LLM's hidden
+    state (orthogonal init, `gain` on the output layer, zero biases)."""
+    first, out = nn.Linear(d, hidden), nn.Linear(hidden, n_out)
+    nn.init.orthogonal_(first.weight, math.sqrt(2))
+    nn.init.zeros_(first.bias)
+    nn.init.orthogonal_(out.weight, gain)
+    nn.init.zeros_(out.bias)
+    return nn.Sequential(nn.LayerNorm(d, elementwise_affine=False), first, nn.Tanh(), out)
+
+
+class TextIds(PolicyObservation):
+    """The observation becomes the id of the state's prompt in `policy.texts` (`Discrete`); made by
+    `LLMPolicy.wrap(env)`. Reads `info["text"]` (adds `WithText` when missing) and keeps each env's last
+    `policy.history` action names for the prompt's history line."""
+
+    def __init__(self, env: Any, policy: LLMPolicy) -> None:
+        super().__init__(with_text(env), policy)
+        # plain lists, so the env-state snapshot of a checkpoint holds them (exact resume)
+        self.past: list[list[str]] = [[] for _ in range(self.num_envs)]
+        self.last_actions: list[int] = [-1] * self.num_envs
+
+    def transform_space(self, space: gym.Space) -> gym.Space:
+        self.offer_actions()
+        return spaces.Discrete(self.policy.texts.limit)
 
     def step(self, action: Any):
         self.last_actions = [int(a) for a in np.asarray(action).reshape(-1)]
@@ -157,9 +208,6 @@ class TextIds(RoleWrapper):
                 self.past[i] = [*self.past[i], self.policy.actions[self.last_actions[i]]][-keep:]
             ids[i] = self.policy.texts.intern(self.policy.prompt(str(info["text"]), self.past[i]))
         return ids, rewards
-
-    def llmrl_metrics(self) -> dict[str, float]:
-        return self.policy.metrics()
 
 
 class LLMPolicy(nn.Module):
@@ -281,12 +329,7 @@ class LLMPolicy(nn.Module):
 
     def _build_trainable(self, train, lora_layers, lora_rank, lora_alpha, lora_targets, value_hidden) -> None:
         net, d = self.net, self.stack.hidden
-        hidden, out = nn.Linear(d, value_hidden), nn.Linear(value_hidden, 1)
-        nn.init.orthogonal_(hidden.weight, math.sqrt(2))
-        nn.init.zeros_(hidden.bias)
-        nn.init.orthogonal_(out.weight, 1.0)
-        nn.init.zeros_(out.bias)
-        self.value_head = nn.Sequential(nn.LayerNorm(d, elementwise_affine=False), hidden, nn.Tanh(), out)
+        self.value_head = mlp_head(d, value_hidden, 1, 1.0)
         n_layers = len(self.stack.layers)
         if train == "lora":
             k = n_layers if lora_layers is None else min(int(lora_layers), n_layers)
@@ -324,12 +367,7 @@ class LLMPolicy(nn.Module):
     def wrap(self, env: Any) -> TextIds:
         """`env` (single or vector) with observations turned into prompt ids for this policy. An env with more
         actions than the policy has strings (MiniGrid's unused "done") is offered the first `n` only."""
-        space = env.single_action_space if isinstance(env, gym.vector.VectorEnv) else env.action_space
-        if not isinstance(space, spaces.Discrete) or int(space.n) < self.n:
-            raise ConfigError(
-                f"the env has action space {space} but the policy has {self.n} actions {list(self.actions)}; "
-                "give one string per Discrete action"
-            )
+        check_action_space(env, self)
         return TextIds(env, self)
 
     def metrics(self) -> dict[str, float]:
@@ -599,66 +637,6 @@ def _inject_lora(net: nn.Module, layers: list[int], rank: int, alpha: float,
     return [p for _, p in named]
 
 
-class _Stack:
-    """A transformers causal LM with a Llama-style decoder stack (Llama, Qwen2, Mistral, Gemma, Gemma 3),
-    run layer by layer with an explicit attention mask and positions, so the packed tree of actions, the
-    frozen-prefix cache and the restricted output rows can all be done from outside the model."""
-
-    def __init__(self, net: Any) -> None:
-        inner: Any = getattr(net, "model", None)
-        layers = getattr(inner, "layers", None)
-        if inner is None or layers is None or not hasattr(net, "lm_head"):
-            raise ConfigError(
-                f"{type(net).__name__} is not a decoder-only model with model.layers and lm_head; LLMPolicy "
-                "supports Llama-style causal LMs (Llama, Qwen2, Mistral, Gemma, Gemma 3)"
-            )
-        self.net, self.inner, self.layers = net, inner, layers
-        cfg = net.config
-        self.config = cfg
-        self.hidden = int(cfg.hidden_size)
-        window = getattr(cfg, "sliding_window", None) or 10**9
-        # a dense mask is exact only while no sequence is longer than the sliding window of local layers
-        self.context = int(min(getattr(cfg, "max_position_embeddings", 2048), window))
-        self.softcap = getattr(cfg, "final_logit_softcapping", None)
-        self.dtype = next(net.parameters()).dtype
-        from llmrl.roles._decoder import fast_rows_supported
-
-        self.fast_rows = fast_rows_supported(self)
-
-    def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.inner.embed_tokens(ids)
-
-    def run(
-        self, h: torch.Tensor, start: int, stop: int, mask: torch.Tensor, pos: torch.Tensor
-    ) -> torch.Tensor:
-        """Decoder layers [start, stop) over h (B, S, d) with a bool mask (B, 1, S, S) and positions (B, S)."""
-        if start >= stop:
-            return h
-        from llmrl.roles._decoder import run_layers
-
-        return run_layers(self, h, start, stop, mask, pos)
-
-    def last_rows(
-        self, h: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, rows: torch.Tensor
-    ) -> torch.Tensor:
-        from llmrl.roles._decoder import last_layer_rows
-
-        return last_layer_rows(self, h, mask, pos, rows)
-
-    def final_norm(self, h: torch.Tensor) -> torch.Tensor:
-        return self.inner.norm(h)
-
-    def output_rows(self, token_ids: Sequence[int]) -> torch.Tensor:
-        """The output layer's rows for `token_ids` (U, d), frozen."""
-        return self.net.lm_head.weight[torch.tensor(list(token_ids))].detach().clone()
-
-    def logits(self, h: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
-        out = self.net.lm_head(h) if rows is None else h @ rows.T
-        if self.softcap:
-            out = torch.tanh(out / self.softcap) * self.softcap
-        return out
-
-
 class PolicyRole(TextIds):
     """`LLMPolicy` as a registered role (`llmrl train --role policy`, a preset's `role: policy`): builds the
     policy for `env` and wraps the env with its prompt ids; the agent takes the module from `env.policy`.
@@ -670,16 +648,6 @@ class PolicyRole(TextIds):
 
     def __init__(self, env: Any, llm: Any, *, actions: Sequence[str] | None = None, train: Train = "heads",
                  **options: Any) -> None:  # fmt: skip
-        llm = getattr(llm, "backend", None) or llm  # a cost-control wrapper: the model behind it
-        from llmrl.llm.llamacpp import EMBEDDED_NAME
-
-        if (
-            train != "none"
-            and getattr(llm, "module", None) is None
-            and getattr(llm, "name", "") == EMBEDDED_NAME
-        ):
-            from llmrl.llm.hf import HFLLM
-
-            llm = HFLLM.from_gguf()
+        llm = gradient_llm(llm) if train != "none" else getattr(llm, "backend", None) or llm
         names = tuple(actions) if actions is not None else action_names(env)
         super().__init__(env, LLMPolicy(llm, names, train=train, **options))

@@ -361,43 +361,10 @@ def test_seed_scenario_grid_trains_and_writes_gif(tmp_path, embedded):
 @pytest.fixture(scope="module")
 def tiny_llava(tmp_path_factory):
     """A LLaVA-NeXT-class model (CLIP vision tower + Llama text model) with random weights, ~100 kB."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    pytest.importorskip("transformers")
+    from llmrl.testing import tiny_llava_next
 
-    folder = tmp_path_factory.mktemp("tiny_llava")
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    corpus = ["please tell me in 200 characters where the cat should move next", "left right up down"] * 20
-    specials = ["<unk>", "<s>", "</s>", "<image>"]
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=200, special_tokens=specials))
-    fast = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
-    )
-    pinpoints = [[32, 32], [32, 64], [64, 32], [64, 64]]
-    images = transformers.LlavaNextImageProcessor(
-        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, image_grid_pinpoints=pinpoints
-    )
-    transformers.LlavaNextProcessor(
-        image_processor=images, tokenizer=fast, patch_size=8, vision_feature_select_strategy="default",
-        image_token="<image>", num_additional_image_tokens=1,
-    ).save_pretrained(folder)  # fmt: skip
-    torch.manual_seed(0)
-    vision = transformers.CLIPVisionConfig(
-        hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=32,
-        patch_size=8, projection_dim=16,
-    )  # fmt: skip
-    text = transformers.LlamaConfig(
-        vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, bos_token_id=1, eos_token_id=2,
-    )  # fmt: skip
-    config = transformers.LlavaNextConfig(
-        vision_config=vision, text_config=text, image_token_index=fast.convert_tokens_to_ids("<image>"),
-        image_grid_pinpoints=pinpoints, vision_feature_layer=-1, vision_feature_select_strategy="default",
-    )  # fmt: skip
-    transformers.LlavaNextForConditionalGeneration(config).save_pretrained(folder)
-    return folder
+    return tiny_llava_next(tmp_path_factory.mktemp("tiny_llava"))
 
 
 def test_image_path_end_to_end_with_tiny_llava_next(tmp_path, tiny_llava):

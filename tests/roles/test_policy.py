@@ -78,24 +78,9 @@ WORDS = [
 @pytest.fixture(scope="module")
 def tiny_gemma(tmp_path_factory):
     """A 3-layer random-weight Gemma 3 (the embedded model's architecture) with a word-level tokenizer."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
+    from llmrl.testing import tiny_gemma
 
-    folder = tmp_path_factory.mktemp("tiny_gemma")
-    vocab = ["<pad>", "<bos>", "<eos>", "<unk>", *dict.fromkeys(WORDS)]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>", unk_token="<unk>"
-    )
-    fast.save_pretrained(folder)
-    torch.manual_seed(0)
-    cfg = transformers.Gemma3TextConfig(
-        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=256,
-        sliding_window=128, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-    )  # fmt: skip
-    transformers.Gemma3ForCausalLM(cfg).save_pretrained(folder)
-    return folder
+    return tiny_gemma(tmp_path_factory.mktemp("tiny_gemma"), WORDS)
 
 
 def _llm(folder) -> HFLLM:
