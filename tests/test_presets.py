@@ -16,13 +16,23 @@ from llmrl.experiments.run import agent_class
 from llmrl.roles.registry import role_names
 
 
+def _tiny_gradient_model(folder):
+    """The VLM policy needs gradients through its model, which the fake cannot give: a tiny random Gemma 3."""
+    pytest.importorskip("transformers")
+    from llmrl.llm.hf import HFLLM
+    from llmrl.testing import tiny_gemma
+
+    return HFLLM(tiny_gemma(folder, ["go", "to", "the", "red", "ball"]), device="cpu")
+
+
 @pytest.mark.parametrize("name", sorted(list_presets()))
-def test_every_preset_builds_its_env_role_and_agent(name):
+def test_every_preset_builds_its_env_role_and_agent(name, tmp_path):
     cfg = train_config(load_preset(name))
     if cfg.role == "policy":  # the fake model has no gradients: the LLM policy acts zero-shot here
         cfg = dataclasses.replace(cfg, role_args={**cfg.role_args, "train": "none"})
+    model = _tiny_gradient_model(tmp_path / "model") if cfg.role == "vlm-policy" else EchoLLM()
     try:
-        env, llm = build_env(cfg, num_envs=min(cfg.num_envs, 2), llm=EchoLLM())
+        env, llm = build_env(cfg, num_envs=min(cfg.num_envs, 2), llm=model)
     except DependencyNotInstalled as err:
         pytest.skip(str(err))
     assert (llm is None) == (cfg.role == "none")

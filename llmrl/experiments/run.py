@@ -177,6 +177,8 @@ def config_data(cfg: TrainConfig) -> dict[str, Any]:
     data["out"] = str(cfg.out) if cfg.out else None
     data["ppo"] = {k: list(v) if isinstance(v, tuple) else v for k, v in data["ppo"].items()}
     data["dqn"] = {k: list(v) if isinstance(v, tuple) else v for k, v in data["dqn"].items()}
+    # the values, not their YAML text: read back through train_config, `tokens: 2` stays the int 2
+    data["role_args"], data["env_args"] = _yaml_values(cfg.role_args), _yaml_values(cfg.env_args)
     return data
 
 

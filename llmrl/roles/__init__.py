@@ -21,6 +21,7 @@ from llmrl.roles.policy import GLAM_ACTIONS, LLMPolicy, TextIds
 from llmrl.roles.registry import role_class, role_defaults, role_names
 from llmrl.roles.rewards import CLIPReward, JudgeReward, ManualReward, PreferenceReward, TextGoalReward
 from llmrl.roles.saycan import SayCan, Skill
+from llmrl.roles.vlm_policy import VLMPolicy
 from llmrl.roles.world_model import LLMWorldModel, SimulatorModel, WorldModelPlanner
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "LLMPolicy",
     "TextIds",
     "GLAM_ACTIONS",
+    "VLMPolicy",
     "LLMWorldModel",
     "SimulatorModel",
     "WorldModelPlanner",

@@ -159,7 +159,7 @@ def prefix_cache(stack: Any, ids: torch.Tensor, stop: int | None = None) -> list
     """Each layer's keys and values (1, KV, P, hd) for the token ids (P,) read causally from position 0
     (layers [0, stop), default all): what `layer_rows(past=...)` needs to continue the sequence at P."""
     P = ids.shape[0]
-    h = stack.embed(ids[None])  # (1, P, d)
+    h = stack.embed(ids[None]).to(next(stack.layers[0].parameters()).dtype)  # (1, P, d) in the layers' dtype
     pos = torch.arange(P)[None]
     mask = torch.ones(P, P, dtype=torch.bool).tril()[None]
     out = []

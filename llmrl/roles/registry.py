@@ -37,6 +37,7 @@ ROLE_PATHS: dict[str, str] = {
     "text-reward": "llmrl.roles.rewards:TextGoalReward",
     "preference": "llmrl.roles.rewards:PreferenceReward",
     "policy": "llmrl.roles.policy:PolicyRole",
+    "vlm-policy": "llmrl.roles.vlm_policy:VLMPolicyRole",
     "world-model": "llmrl.roles.world_model:WorldModelMonitor",
 }
 """Role name (`llmrl train --role NAME`, a preset's `role:`) -> "module:Class". CLIPReward takes a CLIP

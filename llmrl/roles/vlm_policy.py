@@ -185,6 +185,8 @@ class VLMPolicy(nn.Module):
     head_hidden: width of the action and value heads' hidden layer.
     cache_mb: memory for the instructions' cached keys and values (least recently used dropped).
     max_texts: the most distinct instructions (the size of the id observation space).
+    frozen_dtype: the frozen layers run (in place, on the model given) in this dtype, forward and backward;
+        "bfloat16" is ~2.5x faster on CPUs with avx512_bf16 or AMX (as `LLMPolicy`'s option).
     seed: initialises the encoder and heads (independent of the global RNG).
     """
 
@@ -208,9 +210,13 @@ class VLMPolicy(nn.Module):
         head_hidden: int = 256,
         cache_mb: float = 256.0,
         max_texts: int = 2**31 - 1,
+        frozen_dtype: Literal["float32", "bfloat16"] = "float32",
         seed: int = 0,
     ) -> None:
         super().__init__()
+        if frozen_dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"frozen_dtype={frozen_dtype!r} is invalid: use float32 or bfloat16")
+        self.frozen_dtype = getattr(torch, frozen_dtype)
         self.actions = tuple(str(a) for a in actions)
         self.n = len(self.actions)
         if self.n < 2:
@@ -253,6 +259,8 @@ class VLMPolicy(nn.Module):
         self._stats = {"steps": 0, "hits": 0, "misses": 0, "seconds": 0.0, "model_seconds": 0.0}
         for p in net.parameters():
             p.requires_grad_(False)
+        for layer in self.stack.layers[: self.n_layers]:  # in place: the frozen layers are ours to run
+            layer.to(self.frozen_dtype)
         d = self.stack.hidden
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -332,12 +340,12 @@ class VLMPolicy(nn.Module):
         return logits, value
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
-        """Frames (B, *image_shape) uint8 -> image embeddings (B, tokens, d) in the model's dtype."""
+        """Frames (B, *image_shape) uint8 -> image embeddings (B, tokens, d) in the frozen layers' dtype."""
         B, d = image.shape[0], self.stack.hidden
         if self.encoder_kind == "conv":
             z = self.to_tokens(self.conv(image)).view(B, self.tokens, d)
             z = nn.functional.layer_norm(z, (d,)) * self.embed_scale
-            return z.to(self.stack.dtype)
+            return z.to(self.frozen_dtype)
         x = image if image_channels_first(self.image_shape) else image.permute(0, 3, 1, 2)  # (B, 3, H, W)
         with torch.no_grad():
             x = nn.functional.interpolate(x.float() / 255.0, size=(self.tower_size, self.tower_size),
@@ -346,7 +354,7 @@ class VLMPolicy(nn.Module):
             feats = self.tower(x, output_hidden_states=True).hidden_states[self.feature_layer]  # (B, 1 + N, dv)
             patches = self.projector(feats[:, 1:] if self.drop_cls else feats)  # (B, N, d)
             z = nn.functional.adaptive_avg_pool1d(patches.transpose(1, 2), self.tokens).transpose(1, 2)
-        return z + self.adapter(z.float()).to(z.dtype)  # (B, tokens, d)
+        return (z.float() + self.adapter(z.float())).to(self.frozen_dtype)  # (B, tokens, d)
 
     def run(self, x: torch.Tensor, keys: Sequence[int]) -> torch.Tensor:
         """The image embeddings x (B, k, d) after each one's instruction, through the frozen layers -> the
@@ -372,7 +380,7 @@ class VLMPolicy(nn.Module):
             rows = last if final else None  # the last layer only where its output is read
             h, _ = layer_rows(self.stack, layer, h, pos, mask[:, k - 1 :] if final else mask,
                               past=pasts[layer], rows=rows)  # fmt: skip
-        return self.stack.final_norm(h[:, 0])
+        return self.stack.final_norm(h[:, 0]).float()
 
     def _prefix(self, key: int) -> tuple[list[KV], int]:
         """The instruction's keys and values in every layer, from the cache or computed now."""
