@@ -94,8 +94,9 @@ def _resolve_frame(env: Any, frame: Frame, tile_size: int) -> tuple[str, spaces.
     usable = isinstance(image, spaces.Box) and is_image_space(image)
     base = _base_envs(env)
     minigrid = base is not None and hasattr(base[0], "get_pov_render")
-    view = int(getattr(base[0], "agent_view_size", 0)) if minigrid else 0  # type: ignore[index]
-    symbolic = usable and tuple(image.shape) == (view, view, 3)  # type: ignore[union-attr]  # MiniGrid's cell codes
+    view = int(getattr(base[0], "agent_view_size", 0)) if base is not None and minigrid else 0
+    shape = tuple(image.shape or ()) if isinstance(image, spaces.Box) else ()
+    symbolic = usable and shape == (view, view, 3)  # MiniGrid's cell codes, not pixels
     if frame == "obs" or (frame == "auto" and usable and not symbolic):
         if not usable:
             raise ConfigError(
@@ -149,7 +150,7 @@ class FrameIds(PolicyObservation):
         if self.kind == "obs":
             images = np.asarray(obs["image"] if isinstance(obs, dict) else obs, dtype=np.uint8)
         else:  # the current state of each env is the one `obs` shows (NEXT_STEP autoreset)
-            images = np.stack([e.get_pov_render(tile_size=self.tile_size) for e in base])  # type: ignore[union-attr]
+            images = np.stack([e.get_pov_render(tile_size=self.tile_size) for e in base or ()])
         ids = np.zeros(self.num_envs, dtype=np.int64)
         for i in range(self.num_envs):
             ids[i] = self.policy.instructions.intern(self.policy.instruction(self._mission(obs, base, i)))
@@ -192,6 +193,8 @@ class VLMPolicy(nn.Module):
 
     llm: Any
     net: Any
+    tower: Any
+    projector: Any
     embed_scale: torch.Tensor
     pixel_mean: torch.Tensor
     pixel_std: torch.Tensor
@@ -228,7 +231,9 @@ class VLMPolicy(nn.Module):
         try:
             template.format(instruction="")
         except (KeyError, IndexError, ValueError) as err:
-            raise ConfigError(f"template={template!r} is invalid ({err!r}): use only the field {{instruction}}") from err
+            raise ConfigError(
+                f"template={template!r} is invalid ({err!r}): use only the field {{instruction}}"
+            ) from err
         self.image_shape = tuple(int(x) for x in image_shape)
         image = spaces.Box(0, 255, self.image_shape, np.uint8)
         if not is_image_space(image):
@@ -275,7 +280,9 @@ class VLMPolicy(nn.Module):
         # embeddings (Gemma multiplies them by sqrt(d)): inputs of the size the layers were trained on
         with torch.no_grad():
             sample = self.stack.embed(torch.arange(min(4096, int(net.get_input_embeddings().num_embeddings))))
-            self.register_buffer("embed_scale", sample.float().pow(2).mean(-1).sqrt().mean(), persistent=False)
+            self.register_buffer(
+                "embed_scale", sample.float().pow(2).mean(-1).sqrt().mean(), persistent=False
+            )
         self._check_prefix_length()
 
     def _vision_parts(self, llm: Any, net: Any, d: int) -> None:
@@ -290,7 +297,9 @@ class VLMPolicy(nn.Module):
             )
         shape = self.image_shape
         if len(shape) != 3 or shape[0 if image_channels_first(shape) else -1] != 3:
-            raise ConfigError(f"encoder='vision' needs RGB frames (3 channels), image_shape={self.image_shape}")
+            raise ConfigError(
+                f"encoder='vision' needs RGB frames (3 channels), image_shape={self.image_shape}"
+            )
         object.__setattr__(self, "tower", tower)
         object.__setattr__(self, "projector", projector)
         cfg = net.config
@@ -351,7 +360,9 @@ class VLMPolicy(nn.Module):
             x = nn.functional.interpolate(x.float() / 255.0, size=(self.tower_size, self.tower_size),
                                           mode="bilinear", align_corners=False)  # fmt: skip
             x = ((x - self.pixel_mean) / self.pixel_std).to(self.stack.dtype)
-            feats = self.tower(x, output_hidden_states=True).hidden_states[self.feature_layer]  # (B, 1 + N, dv)
+            feats = self.tower(x, output_hidden_states=True).hidden_states[
+                self.feature_layer
+            ]  # (B, 1 + N, dv)
             patches = self.projector(feats[:, 1:] if self.drop_cls else feats)  # (B, N, d)
             z = nn.functional.adaptive_avg_pool1d(patches.transpose(1, 2), self.tokens).transpose(1, 2)
         return (z.float() + self.adapter(z.float())).to(self.frozen_dtype)  # (B, tokens, d)

@@ -11,7 +11,6 @@ import json
 import gymnasium as gym
 import numpy as np
 import pytest
-
 from fakes import EchoLLM
 
 from llmrl.errors import ConfigError
@@ -29,7 +28,24 @@ from llmrl.roles.policy import GLAM_ACTIONS  # noqa: E402
 from llmrl.roles.vlm_policy import VLMPolicy, frame_space  # noqa: E402
 
 GO_TO = "BabyAI-GoToLocalS5N2-v0"
-WORDS = "instruction observation : go to the a red green blue purple yellow grey ball key box".split()
+WORDS = [
+    "instruction",
+    "observation",
+    ":",
+    "go",
+    "to",
+    "the",
+    "a",
+    "red",
+    "green",
+    "blue",
+    "purple",
+    "yellow",
+    "grey",
+    "ball",
+    "key",
+    "box",
+]
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +84,9 @@ def test_cached_instruction_equals_one_sequence_through_the_models_layers(tiny_g
         h = policy.run(x, batch["instruction"].tolist())
         stack = policy.stack
         for b in range(2):  # the reference: instruction and image embeddings as one causal sequence
-            ids = torch.tensor(policy.llm.tokenizer(policy.instructions[int(batch["instruction"][b])])["input_ids"])
+            ids = torch.tensor(
+                policy.llm.tokenizer(policy.instructions[int(batch["instruction"][b])])["input_ids"]
+            )
             seq = torch.cat([stack.embed(ids[None]), x[b : b + 1]], 1)  # (1, S, d)
             S = seq.shape[1]
             mask = torch.ones(S, S, dtype=torch.bool).tril()[None, None]
@@ -101,7 +119,9 @@ def test_ppo_trains_encoder_and_heads_keeps_the_model_frozen_and_resumes_exactly
     conv_before = [p.detach().clone() for p in policy.conv.parameters()]
     full.learn(96, progress_bar=False, run_dir=tmp_path / "run")
     assert all(torch.equal(a, b) for a, b in zip(model_before, policy.net.parameters()))  # frozen
-    assert any(not torch.equal(a, b) for a, b in zip(conv_before, policy.conv.parameters()))  # gradients reached it
+    assert any(
+        not torch.equal(a, b) for a, b in zip(conv_before, policy.conv.parameters())
+    )  # gradients reached it
     log = (tmp_path / "run" / "metrics.csv").read_text()
     assert "llm/hits" in log and "llm/model_seconds" in log
     assert policy.metrics()["llm/hits"] > policy.metrics()["llm/misses"] > 0
@@ -117,7 +137,9 @@ def test_ppo_trains_encoder_and_heads_keeps_the_model_frozen_and_resumes_exactly
 
     agent().learn(96, progress_bar=False, callback=save_and_stop)
     state = json.loads((tmp_path / "ck" / "state.json").read_text())["state"]["agent"]["model"]
-    assert not any("embed" in k or "layers" in k for k in state)  # encoder + heads + instructions, not the LLM
+    assert not any(
+        "embed" in k or "layers" in k for k in state
+    )  # encoder + heads + instructions, not the LLM
     fresh = agent()
     resumed = PPO.load(tmp_path / "ck", env=fresh.env, policy=fresh.model.body)
     assert 0 < resumed.num_timesteps < 96
@@ -147,7 +169,9 @@ def test_mission_comes_from_the_env_and_frames_from_the_agents_view(tiny_gemma):
     env = llmrl.make(GO_TO)
     policy = _policy(tiny_gemma, env)
     obs, _ = policy.wrap(env).reset(seed=3)
-    assert policy.instructions[int(obs["instruction"])] == f"Instruction: {env.unwrapped.mission}\nObservation:"
+    assert (
+        policy.instructions[int(obs["instruction"])] == f"Instruction: {env.unwrapped.mission}\nObservation:"
+    )
     np.testing.assert_array_equal(obs["image"], env.unwrapped.get_pov_render(tile_size=8))
 
 
@@ -236,7 +260,9 @@ def test_embedded_gemma_forward_backward_and_checkpoint(gemma, tmp_path):
     assert torch.isfinite(logits).all() and torch.isfinite(value).all()
     (logits.logsumexp(-1).sum() + value.sum()).backward()
     grad = policy.to_tokens.weight.grad
-    assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0  # through 18 frozen layers
+    assert (
+        grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+    )  # through 18 frozen layers
     policy.zero_grad()
     agent.learn(8, progress_bar=False)
     agent.save(tmp_path / "ck")
@@ -259,7 +285,9 @@ def test_smoke_learning_from_pixels_on_a_go_to_task(gemma):
     evaluation = policy.wrap(llmrl.make(GO_TO, num_envs=8))
 
     def mean_return() -> float:
-        return float(np.mean(llmrl.evaluate(agent, evaluation, n_episodes=40, deterministic=False, seed=1000).returns))
+        return float(
+            np.mean(llmrl.evaluate(agent, evaluation, n_episodes=40, deterministic=False, seed=1000).returns)
+        )
 
     before = mean_return()
     agent.learn(2048, progress_bar=False)
