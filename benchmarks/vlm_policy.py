@@ -13,6 +13,7 @@
   frozen model as a prior, PPO trains a logit head and the value head (benchmarks/llm_policy.py's setting);
 - `conv`: llmrl's plain PPO on the same 56x56 view (its conv stack) plus the mission's colour and type
   words as a multi-hot vector (what an agent without a language model gets).
+and `untrained` (the conv agent before any update: nearly uniform over the three actions) as the floor.
 Then each is evaluated (sampled actions) on fresh episodes of the training missions and of the held-out
 ones: LLaRP's question is whether the frozen language model carries the policy to instructions it was
 not trained on, where the multi-hot input of a held-out pair is a combination the conv net never saw.
@@ -114,7 +115,7 @@ def build(method: str, args: argparse.Namespace, seed: int) -> tuple[PPO, Any]:
     """(agent, the wrapping that turns a `vector_env` into the agent's observations)."""
     env = vector_env(args.envs)
     settings = dict(PPO_SETTINGS, n_steps=args.n_steps, n_epochs=args.epochs)
-    if method == "conv":
+    if method in ("conv", "untrained"):
         return PPO(env, seed=seed, **settings), lambda e: e
     llm = HFLLM.from_gguf(
         device="cpu"
@@ -144,13 +145,16 @@ def bench_compare(args: argparse.Namespace) -> dict[str, Any]:
             with tempfile.TemporaryDirectory() as tmp:
                 agent, wrap = build(method, args, seed)
                 t0 = time.perf_counter()
-                agent.learn(args.steps, progress_bar=False, run_dir=Path(tmp) / "run")
-                wall = time.perf_counter() - t0
-                steps, succ = episodes(Path(tmp) / "run")
-                row: dict[str, Any] = {
-                    "train_wall_s": round(wall, 1), "steps_per_s": round(agent.num_timesteps / wall, 2),
-                    "load": os.getloadavg()[0], "training_success": rolling(steps, succ, every=max(args.steps // 8, 1)),
-                }  # fmt: skip
+                row: dict[str, Any] = {}
+                if (
+                    method != "untrained"
+                ):  # the conv net before any update: close to uniform over the 3 actions
+                    agent.learn(args.steps, progress_bar=False, run_dir=Path(tmp) / "run")
+                    wall = time.perf_counter() - t0
+                    steps, succ = episodes(Path(tmp) / "run")
+                    row = {"train_wall_s": round(wall, 1), "steps_per_s": round(agent.num_timesteps / wall, 2),
+                           "load": os.getloadavg()[0],
+                           "training_success": rolling(steps, succ, every=max(args.steps // 8, 1))}  # fmt: skip
                 body = agent.model.body
                 if body is not None:
                     row["metrics"] = {k: round(v, 2) for k, v in body.metrics().items()}
@@ -215,7 +219,7 @@ def main() -> None:
     )
     parser.add_argument("what", choices=("compare", "speed"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--methods", nargs="+", default=["conv", "pixels", "words"])
+    parser.add_argument("--methods", nargs="+", default=["untrained", "conv", "pixels", "words"])
     parser.add_argument("--steps", type=int, default=2048)
     parser.add_argument("--envs", type=int, default=16)
     parser.add_argument("--n-steps", type=int, default=16)
