@@ -311,7 +311,9 @@ def bench_gotolocal(args: argparse.Namespace) -> dict[str, Any]:
                 out[f"llm-policy/seed{seed}"] = {"success": rolling(steps, succ, every=max(args.steps // 10, 1)),
                                                  "wall_s": round(time.perf_counter() - t0, 1), **policy.metrics()}  # fmt: skip
             t0 = time.perf_counter()
-            venv = gym.vector.SyncVectorEnv([lambda: FlatSymbolic(llmrl.make(env_id))] * args.envs)
+            venv = gym.vector.SyncVectorEnv(
+                [lambda: FlatSymbolic(llmrl.make(env_id, preprocess=False))] * args.envs
+            )
             sym = PPO(venv, seed=seed, **dict(PPO_SETTINGS, n_steps=args.n_steps, learning_rate=3e-4))
             sym.learn(args.steps, progress_bar=False, run_dir=Path(tmp) / "sym")
             steps, succ = episodes(Path(tmp) / "sym")

@@ -21,6 +21,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from llmrl.envs.families import family_of
 from llmrl.envs.grid import ACTION_NAMES, GridEnv
 from llmrl.errors import ConfigError
 
@@ -34,7 +35,7 @@ __all__ = [
     "PendulumDescriber",
     "describer_for",
     "register_describer",
-    "family_of",
+    "family_of",  # re-exported from llmrl.envs.families, where the families are
     "quantise",
     "steps_phrase",
 ]
@@ -320,13 +321,12 @@ class PendulumDescriber(SnapshotDescriber):
 _Factory = Callable[[Any], Describer]
 _REGISTERED: list[tuple[Callable[[Any], bool], _Factory]] = []
 
-_CLASSIC = {
-    "CartPoleEnv": CartPoleDescriber,
-    "CartPoleVectorEnv": CartPoleDescriber,
-    "AcrobotEnv": AcrobotDescriber,
-    "MountainCarEnv": MountainCarDescriber,
-    "Continuous_MountainCarEnv": MountainCarDescriber,
-    "PendulumEnv": PendulumDescriber,
+# family -> describer of the classic-control families (their describers read the observation alone)
+_CLASSIC: dict[str, type[SnapshotDescriber]] = {
+    "cartpole": CartPoleDescriber,
+    "acrobot": AcrobotDescriber,
+    "mountaincar": MountainCarDescriber,
+    "pendulum": PendulumDescriber,
 }
 
 
@@ -335,27 +335,6 @@ def register_describer(match: type | Callable[[Any], bool], factory: _Factory) -
     Registered describers are tried before the built-in ones."""
     pred = (lambda env: isinstance(env.unwrapped, match)) if isinstance(match, type) else match
     _REGISTERED.insert(0, (pred, factory))
-
-
-def family_of(env: gym.Env | gym.vector.VectorEnv) -> str:
-    """'grid', 'minigrid', 'atari', 'cartpole', 'acrobot', 'mountaincar', 'pendulum', or 'unknown'."""
-    base = env.unwrapped
-    name = type(base).__name__
-    if isinstance(base, GridEnv):
-        return "grid"
-    if name in _CLASSIC:
-        return _CLASSIC[name].family
-    if _is_minigrid(base):
-        return "minigrid"
-    if type(base).__module__.startswith("ale_py"):
-        return "atari"
-    return "unknown"
-
-
-def _is_minigrid(base: Any) -> bool:
-    return any(
-        c.__module__.startswith("minigrid") and c.__name__ == "MiniGridEnv" for c in type(base).__mro__
-    )
 
 
 def describer_for(env: gym.Env | gym.vector.VectorEnv) -> Describer:
@@ -368,8 +347,8 @@ def describer_for(env: gym.Env | gym.vector.VectorEnv) -> Describer:
     base: Any = env.unwrapped
     if family == "grid":
         return GridDescriber(base)
-    if type(base).__name__ in _CLASSIC:
-        return _CLASSIC[type(base).__name__]()
+    if family in _CLASSIC:
+        return _CLASSIC[family]()
     if family == "minigrid":
         from llmrl.envs.text_minigrid import MiniGridDescriber
 

@@ -17,6 +17,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from llmrl.envs.minigrid import FlatImage
 from llmrl.envs.text import SnapshotDescriber, steps_phrase
 
 __all__ = ["MiniGridDescriber", "MiniGridSnapshot", "MAX_OBJECTS"]
@@ -77,7 +78,10 @@ class MiniGridDescriber(SnapshotDescriber):
         view = int(base.agent_view_size)
         image = obs.get("image") if isinstance(obs, dict) else obs
         if not (isinstance(image, np.ndarray) and image.shape == (view, view, 3)):
-            image = base.gen_obs()["image"]  # an observation wrapper changed the obs: rebuild the view
+            # an observation wrapper changed the obs: the view the flat-view wrapper kept, else rebuilt
+            image = _kept_view(env)
+            if image is None or image.shape != (view, view, 3):
+                image = base.gen_obs()["image"]
         cx, cy = view // 2, view - 1  # the agent's cell in its view, facing up (towards y = 0)
         seen = []
         for i, j in zip(*np.nonzero(image[:, :, 0] > 3)):  # door, key, ball, box, goal, lava
@@ -143,6 +147,16 @@ class MiniGridDescriber(SnapshotDescriber):
             elif reward > 0:
                 events.append("completed the mission")
         return " and ".join(events)
+
+
+def _kept_view(env: gym.Env) -> np.ndarray | None:
+    """The last view a `FlatImage` in `env`'s wrapper chain turned into its flat observation, or None."""
+    e: Any = env
+    while isinstance(e, gym.Wrapper):
+        if isinstance(e, FlatImage):
+            return e.view
+        e = e.env
+    return None
 
 
 def _inside(base: Any, pos: Any) -> bool:

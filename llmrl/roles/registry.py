@@ -86,12 +86,11 @@ def role_defaults(name: str, env_id: str | None) -> dict[str, Any]:
     """
     if name != "ellm" or not env_id:
         return {}
-    from llmrl.envs import manual
-    from llmrl.envs.minigrid import is_minigrid_id
+    from llmrl.envs import family_of_id, manual
 
     out: dict[str, Any] = {}
     with contextlib.suppress(ConfigError):  # no manual for this family: the prompt goes without one
         out["manual"] = manual(env_id)
-    if is_minigrid_id(env_id):
+    if family_of_id(env_id) == "minigrid":
         out["text_filter"] = "minigrid_summary"
     return out
