@@ -254,8 +254,10 @@ def build_env(
         # with n > 1 each env already writes info["text"] (described before the observation was changed),
         # which the sync vector env batches: has_text sees that, so the role does not describe it again
         env = single() if n == 1 else gym.vector.SyncVectorEnv([single] * n)
-    else:  # the observations the agents train on (MiniGrid: the flat view), the role's text over them
+    else:  # the observations the agents train on (MiniGrid: the flat view)
         env = make(cfg.env, num_envs=n, **kwargs)
+        if text:  # the state in words for the role, under `inner` (its describers read the envs themselves)
+            env = with_text(env)
     if inner is not None:
         env = inner(env)
     if cfg.role == "none":
