@@ -11,6 +11,7 @@ front of it, the cell it stands on.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,7 @@ import numpy as np
 from llmrl.envs.minigrid import FlatImage
 from llmrl.envs.text import SnapshotDescriber, steps_phrase
 
-__all__ = ["MiniGridDescriber", "MiniGridSnapshot", "MAX_OBJECTS"]
+__all__ = ["MiniGridDescriber", "MiniGridSnapshot", "MAX_OBJECTS", "minigrid_summary"]
 
 MAX_OBJECTS = 8
 """At most this many seen objects are listed, nearest first (LavaCrossing shows dozens of lava cells)."""
@@ -170,3 +171,17 @@ def _cell_key(cell: Any) -> tuple[str, str, str]:
     if cell.type == "door":
         state = "open" if cell.is_open else "locked" if cell.is_locked else "closed"
     return (cell.type, cell.color, state)
+
+
+def minigrid_summary(text: str) -> str:
+    """Keep only the mission and what the agent carries from a MiniGrid state text.
+
+    Positions make almost every state's text unique; the mission and the inventory (what ELLM's
+    Crafter captions also hold) are what decides the next sub-goal, and they repeat, so the LLM is
+    asked a handful of distinct prompts per task instead of one per episode.
+
+    >>> minigrid_summary("Mission: open the door. You see a yellow key 1 step left. You carry nothing.")
+    'Mission: open the door. You carry nothing.'
+    """
+    keep = [s for s in re.split(r"(?<=\.)\s+", text.strip()) if s.startswith(("Mission", "You carry"))]
+    return " ".join(keep) if keep else text

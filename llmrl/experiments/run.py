@@ -245,7 +245,7 @@ def build_env(
     text = cfg.role != "none"
 
     def single() -> Any:
-        env = make(cfg.env, **kwargs)
+        env: Any = make(cfg.env, **kwargs)
         # the text is described from the env, so it goes under the image
         return ImageObservation(with_text(env) if text else env, size=84, grey=True)
 
