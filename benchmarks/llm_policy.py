@@ -255,7 +255,11 @@ def train_run(env_id: str, seed: int, steps: int, args: argparse.Namespace, run_
     policy = make_policy(llm, **policy_options(args))
     env = policy.wrap(make_env(env_id, args.envs, **env_options(args)))
     settings = dict(PPO_SETTINGS, n_steps=args.n_steps, learning_rate=args.lr, n_epochs=args.epochs)
-    agent = PPO(env, policy=policy, seed=seed, **settings)
+    # --resume goes on from a saved agent (its settings, step count and env state) up to `steps` in all
+    if args.resume:
+        agent = PPO.load(args.resume, env=env, policy=policy)
+    else:
+        agent = PPO(env, policy=policy, seed=seed, **settings)
     if args.cache_file:
         print("cached states loaded:", load_cache(policy, args.cache_file), flush=True)
     if before is not None:
@@ -311,7 +315,9 @@ def bench_gotolocal(args: argparse.Namespace) -> dict[str, Any]:
                 out[f"llm-policy/seed{seed}"] = {"success": rolling(steps, succ, every=max(args.steps // 10, 1)),
                                                  "wall_s": round(time.perf_counter() - t0, 1), **policy.metrics()}  # fmt: skip
             t0 = time.perf_counter()
-            venv = gym.vector.SyncVectorEnv([lambda: FlatSymbolic(llmrl.make(env_id))] * args.envs)
+            venv = gym.vector.SyncVectorEnv(
+                [lambda: FlatSymbolic(llmrl.make(env_id, preprocess=False))] * args.envs
+            )
             sym = PPO(venv, seed=seed, **dict(PPO_SETTINGS, n_steps=args.n_steps, learning_rate=3e-4))
             sym.learn(args.steps, progress_bar=False, run_dir=Path(tmp) / "sym")
             steps, succ = episodes(Path(tmp) / "sym")
@@ -378,6 +384,9 @@ def main() -> None:
                         help="episode step cap (tasks: default 64; learn: the level's own)")  # fmt: skip
     parser.add_argument("--checkpoint", default=None, help="fine-tuned agent to evaluate (tasks)")
     parser.add_argument("--save", default=None, help="save the fine-tuned agent here (learn)")
+    parser.add_argument(
+        "--resume", default=None, help="learn: continue this saved agent up to --steps in all"
+    )
     parser.add_argument("--symbolic-only", action="store_true", help="gotolocal: the symbolic PPO side only")
     parser.add_argument("--no-zero-shot", action="store_true", help="learn: skip the zero-shot evaluation")
     parser.add_argument(
