@@ -165,8 +165,11 @@ def test_frames_from_image_observations_and_a_single_env(tiny_gemma):
     assert label == "p" and p.shape == (4,) and p.sum() == pytest.approx(1.0, abs=1e-5)
 
 
-def test_mission_comes_from_the_env_and_frames_from_the_agents_view(tiny_gemma):
-    env = llmrl.make(GO_TO)
+@pytest.mark.parametrize(
+    "preprocess", [True, False]
+)  # llmrl's flat view; MiniGrid's own Dict with the mission
+def test_mission_comes_from_the_env_and_frames_from_the_agents_view(tiny_gemma, preprocess):
+    env = llmrl.make(GO_TO, preprocess=preprocess)
     policy = _policy(tiny_gemma, env)
     obs, _ = policy.wrap(env).reset(seed=3)
     assert (
@@ -190,8 +193,10 @@ def test_bad_input_raises_at_construction(tiny_gemma):
         VLMPolicy(llm, GLAM_ACTIONS[:3], encoder="vision")
     with pytest.raises(ConfigError, match="needs gradients"):
         VLMPolicy(EchoLLM(), GLAM_ACTIONS[:3])
-    with pytest.raises(ConfigError, match=r"frames are \(7, 7, 3\)"):
-        VLMPolicy(llm, GLAM_ACTIONS[:3]).wrap(minigrid, frame="obs")  # MiniGrid's 7x7 cell codes
+    with pytest.raises(ConfigError, match=r"frames are \(7, 7, 3\)"):  # MiniGrid's 7x7 cell codes
+        VLMPolicy(llm, GLAM_ACTIONS[:3]).wrap(llmrl.make(GO_TO, preprocess=False), frame="obs")
+    with pytest.raises(ConfigError, match="image observations"):  # llmrl's flat view of them
+        VLMPolicy(llm, GLAM_ACTIONS[:3]).wrap(minigrid, frame="obs")
     with pytest.raises(ConfigError, match="image observations"):
         VLMPolicy(llm, ["left", "right"]).wrap(llmrl.make("CartPole-v1"), frame="obs")
     with pytest.raises(ConfigError, match="one string per Discrete action"):
