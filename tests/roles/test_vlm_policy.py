@@ -279,20 +279,21 @@ def test_embedded_gemma_forward_backward_and_checkpoint(gemma, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # ~8 minutes on a loaded 2-core machine
 def test_smoke_learning_from_pixels_on_a_go_to_task(gemma):
-    """A short version of `benchmarks/vlm_policy.py`: PPO training the encoder and heads through the frozen
-    embedded model raises BabyAI-GoToLocalS5N2's mean return over the untrained policy's."""
+    """A short version of `benchmarks/vlm_policy.py compare` (its settings, all missions): PPO training the
+    encoder and heads through the frozen embedded model raises BabyAI-GoToLocalS5N2's mean return over the
+    untrained policy's within 2,048 env steps."""
     torch.set_num_threads(2)
-    env = llmrl.make(GO_TO, num_envs=8)
-    policy = VLMPolicy(gemma, GLAM_ACTIONS[:3], image_shape=frame_space(env).shape, frozen_dtype="float32")
-    agent = PPO(policy.wrap(env), policy=policy, seed=0, n_steps=32, batch_size=64, n_epochs=2,
+    env = llmrl.make(GO_TO, num_envs=16)
+    policy = VLMPolicy(gemma, GLAM_ACTIONS[:3], image_shape=frame_space(env).shape, frozen_dtype="bfloat16")
+    agent = PPO(policy.wrap(env), policy=policy, seed=0, n_steps=16, batch_size=64, n_epochs=2,
                 learning_rate=3e-4, ent_coef=0.01)  # fmt: skip
     evaluation = policy.wrap(llmrl.make(GO_TO, num_envs=8))
 
     def mean_return() -> float:
-        return float(
-            np.mean(llmrl.evaluate(agent, evaluation, n_episodes=40, deterministic=False, seed=1000).returns)
-        )
+        res = llmrl.evaluate(agent, evaluation, n_episodes=40, deterministic=False, seed=1000)
+        return float(np.mean(res.returns))
 
     before = mean_return()
     agent.learn(2048, progress_bar=False)
