@@ -157,7 +157,7 @@ def stage_zeroshot(work: Path, n: int, results: dict) -> None:
     llm.close()
 
 
-def hf_base(work: Path) -> Any:
+def hf_base(work: Path, dtype: str = "float32") -> Any:
     """The embedded GGUF through transformers; de-quantised once (minutes on a busy CPU) and kept in `work`."""
     import torch
     from safetensors.torch import save_model
@@ -166,7 +166,7 @@ def hf_base(work: Path) -> Any:
 
     folder = work / "gemma3_270m_hf"
     if (folder / "model.safetensors").exists():
-        return HFLLM(folder, device="cpu")
+        return HFLLM(folder, device="cpu", dtype=dtype)
     llm = HFLLM.from_gguf(device="cpu")
     folder.mkdir(parents=True, exist_ok=True)
     cfg = llm.module.config.to_dict()
@@ -175,7 +175,7 @@ def hf_base(work: Path) -> Any:
     with torch.no_grad():
         save_model(llm.module, str(folder / "model.safetensors"))
     llm.tokenizer.save_pretrained(folder)
-    return llm
+    return llm if dtype == "float32" else HFLLM(folder, device="cpu", dtype=dtype)
 
 
 def finetuned_llamacpp(work: Path) -> Any:
@@ -203,7 +203,7 @@ def stage_finetune(work: Path, args: argparse.Namespace, results: dict) -> None:
 
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    llm = hf_base(work)
+    llm = hf_base(work, args.dtype)
     load_s = time.perf_counter() - t0
     before = {}
     if args.resume:  # keep training the adapters of an earlier run (same data, same settings)
@@ -213,19 +213,30 @@ def stage_finetune(work: Path, args: argparse.Namespace, results: dict) -> None:
         before = json.loads((args.resume.parent / "results.json").read_text())["finetune"]["fit"]
     wm = LLMWorldModel(llm, target="diff", max_tokens=48, confidence=False)
     grid = distinct(load(work, "grid", "train"))
-    door = sample(distinct(load(work, "doorkey", "train")), args.fit_doorkey, 4)
+    door = distinct(load(work, "doorkey", "train"))
+    if args.fit_doorkey:
+        door = sample(door, args.fit_doorkey, 4)
     train = grid + door
     random.Random(0).shuffle(train)
     print(f"fine-tuning on {len(grid)} grid + {len(door)} doorkey distinct transitions", flush=True)
+
+    def log(m: dict) -> None:
+        print({k: round(v, 3) for k, v in m.items()}, f"load {os.getloadavg()[0]:.1f}", flush=True)
+        if int(m["wm/step"]) % 100 == 0:  # a checkpoint now and then: a stopped run still leaves adapters
+            save_lora(llm.module, work / "wm-lora.safetensors")
+
     report = wm.fit(
-        train, epochs=args.epochs, lr=args.lr, rank=16, layers=args.layers, batch_size=8,
-        max_minutes=args.fit_minutes, log=lambda m: print({k: round(v, 3) for k, v in m.items()}, flush=True),
+        train, epochs=args.epochs, lr=args.lr, rank=16, layers=args.layers, batch_size=args.batch_size,
+        max_minutes=args.fit_minutes, log=log,
     )  # fmt: skip
     save_lora(llm.module, work / "wm-lora.safetensors")
     export_lora_gguf(llm.module, work / "wm-lora.gguf")
     (work / "adapters.json").write_text(json.dumps({"head": wm._head}))
     (work / "fit_pairs.json").write_text(json.dumps([[t.state, t.action] for t in train]))
-    fit = {**report.__dict__, "load_seconds": load_s, "grid_pairs": len(grid), "doorkey_pairs": len(door)}
+    fit = {
+        **report.__dict__, "load_seconds": load_s, "grid_pairs": len(grid), "doorkey_pairs": len(door),
+        "dtype": args.dtype, "threads": args.threads, "load_average_end": os.getloadavg()[0],
+    }  # fmt: skip
     if before:
         fit["seconds_before_resume"], fit["steps_before_resume"] = before["seconds"], before["steps"]
     results["finetune"] = {"fit": fit}
@@ -250,15 +261,20 @@ def stage_eval(work: Path, args: argparse.Namespace, results: dict) -> None:
     wm = finetuned_model(work, llm)
     seen = {tuple(p) for p in json.loads((work / "fit_pairs.json").read_text())}
     for name in ("grid", "doorkey"):
-        test = sample(load(work, name, "test"), args.test_n, 3)
+        held_out = load(work, name, "test")
+        test = sample(held_out, args.test_n, 3) if args.test_n else held_out
         t1 = time.perf_counter()
         acc = accuracy(wm, test, batch_size=8)
         acc["seconds"] = time.perf_counter() - t1
+        acc["load_average"] = os.getloadavg()[0]
         acc["seen_in_training"] = float(np.mean([(t.state, t.action) in seen for t in test]))
         acc["no_change_baseline"] = float(np.mean([t.state == t.next_state for t in test]))
+        pairs = distinct(test)
+        acc["distinct_pairs"], acc["exact_distinct"] = float(len(pairs)), accuracy(wm, pairs)["exact"]
         unseen = [t for t in test if (t.state, t.action) not in seen]
         if unseen:
-            acc["exact_unseen"] = accuracy(wm, unseen)["exact"]
+            acc["n_unseen"], acc["exact_unseen"] = float(len(unseen)), accuracy(wm, unseen)["exact"]
+            acc["distinct_unseen_pairs"] = float(len(distinct(unseen)))
         acc["unparseable"] = float(wm.counters["unparseable"])
         results.setdefault("finetune", {})[name] = acc
         print(f"fine-tuned {name}: {acc}", flush=True)
@@ -271,7 +287,8 @@ def stage_gate(work: Path, args: argparse.Namespace, results: dict) -> None:
     llm = finetuned_llamacpp(work)
     wm = finetuned_model(work, llm, confidence=True)
     for name in ("grid", "doorkey"):
-        test = sample(load(work, name, "test"), args.test_n, 3)
+        held_out = load(work, name, "test")
+        test = sample(held_out, args.test_n, 3) if args.test_n else held_out
         p = wm.predict([t.state for t in test], [t.action for t in test])
         ok = np.array([n == t.next_state for n, t in zip(p.next_states, test)])
         keep = p.confidences >= 0.5
@@ -410,21 +427,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=Path("/tmp/llmrl_world_model"))
     p.add_argument("--n", type=int, default=2000, help="transitions collected per dataset")
     p.add_argument("--zero-n", type=int, default=24, help="held-out transitions per dataset, zero-shot")
-    p.add_argument("--test-n", type=int, default=48, help="held-out transitions per dataset, fine-tuned")
     p.add_argument(
-        "--fit-doorkey", type=int, default=120, help="distinct DoorKey transitions to fine-tune on"
+        "--test-n", type=int, default=0, help="held-out transitions per dataset, fine-tuned (0: all of them)"
     )
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument(
+        "--fit-doorkey", type=int, default=0, help="distinct DoorKey transitions to fine-tune on (0: all)"
+    )
+    p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--dtype", default="bfloat16", help="the transformers model's dtype while fine-tuning")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1 is fastest on a machine shared with others)"
+    )
     p.add_argument("--layers", type=int, default=6, help="decoder layers (from the top) that get adapters")
-    p.add_argument("--fit-minutes", type=float, default=20.0)
+    p.add_argument("--fit-minutes", type=float, default=30.0)
     p.add_argument("--resume", type=Path, default=None, help="adapters (.safetensors) to keep training")
     p.add_argument("--plan-episodes", type=int, default=6)
     p.add_argument("--plan-max-steps", type=int, default=40)
     args = p.parse_args(argv)
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     results: dict = {"machine": versions()}
     stages = args.stages.split(",")
