@@ -49,6 +49,7 @@ __all__ = [
     "imagine",
     "accuracy",
     "WorldModelMonitor",
+    "Dyna",
 ]
 
 Target = Literal["full", "diff"]
@@ -750,3 +751,112 @@ class WorldModelMonitor(RoleWrapper):
             out["wm/unparseable"] = float(self.model.counters["unparseable"])
             out.update(self.llm.stats.as_dict())
         return out
+
+
+# -- imagination: Dyna-style transitions for an agent's replay ---------------------------------------------
+
+
+class Dyna(RoleWrapper):
+    """Imagined transitions from a world model for an agent that learns from replay (Dyna, Sutton 1990).
+
+        env = TextFeatures(WithText(make("MiniGrid-DoorKey-5x5-v0"), describer=FullMiniGridDescriber()),
+                           MiniGridTextFeatures(5))
+        env = Dyna(env, world_model, ratio=1.0, min_confidence=0.5)
+        DQN(env, imagined_fraction=0.5).learn(50_000)
+
+    It remembers the distinct state texts the real env visited (`info["text"]`, the last `memory` of
+    them) and owes `ratio` imagined transitions per real env step. `llmrl_imagined()` (the agent calls it
+    after each step) draws that many (remembered state, random action) pairs, asks the model in one
+    batch, and returns the predictions that are valid and at least `min_confidence` (the gate) as arrays:
+    obs / next_obs through `features` (default: the `TextFeatures` wrapper's below, so real and imagined
+    observations are made alike), actions, rewards, terminated. The env itself is unchanged.
+    A model with `observe(env)` (`SimulatorModel`, the true dynamics) is shown every real state.
+    """
+
+    def __init__(
+        self,
+        env: Any,
+        model: WorldModel,
+        *,
+        ratio: float = 1.0,
+        min_confidence: float = 0.0,
+        features: Callable[[str], np.ndarray] | None = None,
+        actions: Sequence[str] | None = None,
+        memory: int = 10_000,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(env)
+        if not (ratio > 0 and math.isfinite(ratio)) or memory < 1 or not 0.0 <= min_confidence <= 1.0:
+            raise ConfigError(
+                f"Dyna needs ratio > 0, memory >= 1 and min_confidence in [0, 1]; got {ratio}, {memory}, "
+                f"{min_confidence}"
+            )
+        self.model, self.ratio, self.min_confidence, self.memory = model, float(ratio), min_confidence, memory
+        self.words = tuple(actions) if actions is not None else _action_words(env)
+        self.features = features if features is not None else _features_below(env)
+        self._observe = getattr(model, "observe", None)
+        if self._observe is not None and self.is_vector and getattr(env, "envs", None) is None:
+            raise ConfigError(
+                "a model that observes the env (SimulatorModel) needs a sync vector env (env.envs)"
+            )
+        self._states: dict[str, None] = {}  # insertion-ordered set: the oldest is dropped first
+        self._owed = 0.0
+        self.rng = np.random.default_rng(seed)
+        self.counters = {"asked": 0, "imagined": 0, "invalid": 0, "gated": 0}
+
+    def process(self, obs, rewards, terminated, truncated, infos, starts):
+        for i, info in enumerate(infos):
+            if "text" not in info:
+                raise ConfigError("Dyna reads info['text']: wrap the env in llmrl.envs.WithText")
+            if terminated[i] or truncated[i]:
+                continue  # an episode's last state is never acted in
+            self._states.pop(info["text"], None)
+            self._states[info["text"]] = None
+            if self._observe is not None:
+                self._observe(self.env.envs[i] if self.is_vector else self.env)
+        while len(self._states) > self.memory:
+            del self._states[next(iter(self._states))]
+        self._owed += self.ratio * (0 if starts.all() else len(infos))
+        return obs, rewards
+
+    def llmrl_imagined(self) -> dict[str, np.ndarray] | None:
+        """The imagined transitions owed so far (None when none are due or none pass the gate)."""
+        n = int(self._owed)
+        if n < 1 or not self._states:
+            return None
+        self._owed -= n
+        known = list(self._states)
+        states = [known[int(i)] for i in self.rng.integers(len(known), size=n)]
+        action_ids = self.rng.integers(len(self.words), size=n)
+        p = self.model.predict(states, [self.words[int(a)] for a in action_ids])
+        keep = np.flatnonzero(p.valid & (p.confidences >= self.min_confidence))
+        self.counters["asked"] += n
+        self.counters["invalid"] += int((~p.valid).sum())
+        self.counters["gated"] += int(p.valid.sum()) - len(keep)
+        self.counters["imagined"] += len(keep)
+        if not len(keep):
+            return None
+        return {
+            "obs": np.stack([self.features(states[i]) for i in keep]),
+            "actions": action_ids[keep].astype(np.int64),
+            "rewards": p.rewards[keep].astype(np.float32),
+            "next_obs": np.stack([self.features(p.next_states[i]) for i in keep]),  # type: ignore[arg-type]
+            "terminated": p.dones[keep].astype(bool),
+        }
+
+    def llmrl_metrics(self) -> dict[str, float]:
+        return {f"dyna/{k}": float(v) for k, v in self.counters.items()}
+
+
+def _features_below(env: Any) -> Callable[[str], np.ndarray]:
+    from llmrl.envs.transitions import TextFeatures
+
+    e = env
+    while e is not None:
+        if isinstance(e, TextFeatures):
+            return e.features
+        e = getattr(e, "env", None)
+    raise ConfigError(
+        "Dyna needs features(text) -> observation: pass features=..., or wrap the env in "
+        "llmrl.envs.transitions.TextFeatures first (the agent then sees the same features)"
+    )

@@ -20,7 +20,9 @@ from llmrl.llm.cache import CachedLLM
 from llmrl.llm.common import Backend
 from llmrl.roles.world_model import (
     LLMWorldModel,
+    Prediction,
     SimulatorModel,
+    WorldModel,
     WorldModelPlanner,
     accuracy,
     imagine,
@@ -461,3 +463,61 @@ def test_monitor_role_logs_the_accuracy_and_leaves_the_env_alone(grid_data, num_
     assert m["wm/predicted"] > 20 and m["wm/exact"] > 0.9 and m["wm/reward"] > 0.9
     with pytest.raises(ConfigError):
         make_role("world-model", WithText(grid()), OracleLLM(seen), every=0)
+
+
+# -- imagination (Dyna) ------------------------------------------------------------------------------------
+
+
+def _doorkey_features_env():
+    pytest.importorskip("minigrid")
+    from llmrl.envs.transitions import FullMiniGridDescriber, MiniGridTextFeatures, TextFeatures
+
+    base = WithText(llmrl.make("MiniGrid-DoorKey-5x5-v0"), describer=FullMiniGridDescriber())
+    return TextFeatures(base, MiniGridTextFeatures(5))
+
+
+def test_dyna_imagines_the_true_dynamics_from_visited_states():
+    from llmrl.envs.transitions import MINIGRID_ACTIONS, FullMiniGridDescriber
+    from llmrl.roles.world_model import Dyna
+
+    env = Dyna(_doorkey_features_env(), SimulatorModel(FullMiniGridDescriber(), MINIGRID_ACTIONS), ratio=2.0)
+    obs, _ = env.reset(seed=0)
+    seen = [obs]
+    for a in np.random.default_rng(0).integers(3, size=20):  # turns and moves
+        obs, *_ = env.step(int(a))
+        seen.append(obs)
+    got = env.llmrl_imagined()
+    assert got is not None and len(got["actions"]) == 40 and env.llmrl_imagined() is None  # 2 per step, once
+    assert all(any(np.array_equal(o, s) for s in seen) for o in got["obs"])  # from real states only
+    facing = lambda o: int(np.argmax(o[-5:-1]))  # noqa: E731
+    for o, a, n in zip(got["obs"], got["actions"], got["next_obs"]):
+        if MINIGRID_ACTIONS[a] == "turn right":
+            assert facing(n) == (facing(o) + 1) % 4
+        if MINIGRID_ACTIONS[a] in ("drop", "done"):  # nothing carried: nothing happens
+            assert np.array_equal(o, n)
+    assert env.llmrl_metrics()["dyna/imagined"] == 40.0
+
+
+def test_dyna_gates_on_confidence_and_drops_invalid_predictions(grid_data):
+    from llmrl.roles.world_model import Dyna
+
+    class Unsure(WorldModel):
+        def predict(self, states, actions):
+            n = len(states)
+            valid = np.arange(n) % 2 == 0  # every other prediction unparseable
+            nxt = [s if v else None for s, v in zip(states, valid)]
+            return Prediction(nxt, np.zeros(n), np.zeros(n, bool), np.full(n, 0.3), valid)
+
+    env = Dyna(_doorkey_features_env(), Unsure(), ratio=1.0, min_confidence=0.5)
+    env.reset(seed=0)
+    for _ in range(10):
+        env.step(0)
+    assert env.llmrl_imagined() is None
+    m = env.llmrl_metrics()
+    assert (
+        m["dyna/asked"] == 10 and m["dyna/invalid"] == 5 and m["dyna/gated"] == 5 and m["dyna/imagined"] == 0
+    )
+    with pytest.raises(ConfigError, match="TextFeatures"):
+        Dyna(WithText(llmrl.make("MiniGrid-DoorKey-5x5-v0")), Unsure())
+    with pytest.raises(ConfigError, match="ratio"):
+        Dyna(_doorkey_features_env(), Unsure(), ratio=0)
