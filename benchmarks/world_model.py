@@ -254,6 +254,62 @@ def stage_finetune(work: Path, args: argparse.Namespace, results: dict) -> None:
     save(results, work)
 
 
+def plain_loss(module: Any, data: list) -> Any:
+    """The answer tokens' cross-entropy through the whole model (left padding puts every answer at the end;
+    logits only for the last positions), as the fine-tuning did before `_Tuner`."""
+    import torch
+
+    width = max(len(e.ids) for e in data)
+    ids = torch.zeros(len(data), width, dtype=torch.long)
+    mask = torch.zeros(len(data), width, dtype=torch.long)
+    labels = torch.full((len(data), width), -100)
+    for i, e in enumerate(data):
+        ids[i, width - len(e.ids) :], mask[i, width - len(e.ids) :] = torch.tensor(e.ids), 1
+        labels[i, width - len(e.ids) + e.prompt_len :] = torch.tensor(e.ids[e.prompt_len :])
+    keep = max(len(e.ids) - e.prompt_len for e in data)
+    logits = module(input_ids=ids, attention_mask=mask, logits_to_keep=keep + 1).logits[:, :-1].float()
+    return torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels[:, -keep:].reshape(-1), ignore_index=-100
+    )
+
+
+def stage_speed(work: Path, args: argparse.Namespace, results: dict) -> None:
+    """One fine-tuning step (forward + backward, 8 DoorKey examples, adapters on the last 6 layers) the
+    plain way (the whole model, logits for the answer's positions) vs `LLMWorldModel.fit`'s way, in
+    float32 and bfloat16, side by side; median of 3 after a warm-up."""
+
+    from llmrl.llm.lora import add_lora
+    from llmrl.roles.world_model import LLMWorldModel, _Tuner
+
+    batch = distinct(load(work, "doorkey", "train"))[: args.batch_size]
+    out: dict[str, Any] = {"threads": args.threads, "batch": len(batch)}
+    for dtype in ("float32", "bfloat16"):
+        llm = hf_base(work, dtype)
+        module, tok = llm.trainable()
+        wm = LLMWorldModel(llm, target="diff", confidence=False)
+        params = add_lora(module, rank=16, layers=6)
+        tuner = _Tuner(module, tok, batch_size=len(batch))
+        data = [tuner.example(wm.prompt(t.state, t.action), wm.completion(t)) for t in batch]
+
+        t0 = time.perf_counter()
+        tuner.cache_frozen(data)
+        out[f"{dtype}_frozen_pass_s"] = time.perf_counter() - t0
+        for name in ("plain", "fit"):
+            times = []
+            for _ in range(4):
+                t0 = time.perf_counter()
+                (plain_loss(module, data) if name == "plain" else tuner.loss(data)).backward()
+                times.append(time.perf_counter() - t0)
+                for p_ in params:
+                    p_.grad = None
+            out[f"{dtype}_{name}_step_s"] = float(np.median(times[1:]))
+        out[f"{dtype}_speedup"] = out[f"{dtype}_plain_step_s"] / out[f"{dtype}_fit_step_s"]
+        print(f"speed {dtype}: {out}", flush=True)
+    out["load_average"] = os.getloadavg()[0]
+    results["speed"] = out
+    save(results, work)
+
+
 def stage_eval(work: Path, args: argparse.Namespace, results: dict) -> None:
     from llmrl.roles.world_model import accuracy
 
@@ -406,6 +462,90 @@ def stage_plan(work: Path, args: argparse.Namespace, results: dict) -> None:
     save(results, work)
 
 
+# -- imagination (Dyna) -------------------------------------------------------------------------------------
+
+DYNA_DQN = dict(
+    learning_starts=1000, exploration_fraction=0.5, exploration_final_eps=0.05, target_update_interval=500,
+    buffer_size=50_000, learning_rate=5e-4, net_arch=(128, 128), train_freq=4, n_step=5, log_interval=2500,
+)  # fmt: skip
+
+
+def features_env() -> Any:
+    """DoorKey-5x5 seen through the fully observable text's features: what real and imagined states share."""
+    import llmrl
+    from llmrl.envs import WithText
+    from llmrl.envs.transitions import FullMiniGridDescriber, MiniGridTextFeatures, TextFeatures
+
+    return TextFeatures(
+        WithText(llmrl.make(DOORKEY), describer=FullMiniGridDescriber()), MiniGridTextFeatures(5)
+    )
+
+
+def dyna_run(model: Any, seed: int, args: argparse.Namespace) -> dict[str, float]:
+    """DQN with (model given) or without imagined transitions; env steps until 20 greedy evaluation
+    episodes succeed 90% of the time (checked every `log_interval` steps), up to --dyna-steps."""
+    import llmrl
+    from llmrl.roles.world_model import Dyna
+
+    env = features_env()
+    if model is not None:
+        env = Dyna(env, model, ratio=args.dyna_ratio, min_confidence=args.dyna_gate, seed=seed)
+    fraction = args.dyna_fraction if model is not None else 0.0
+    agent = llmrl.DQN(env, seed=seed, imagined_fraction=fraction, **DYNA_DQN)
+    evaluation = features_env()
+    t0, reached, curve = time.perf_counter(), float("nan"), []
+
+    def check(a: Any, _m: dict) -> bool:
+        nonlocal reached
+        r = llmrl.evaluate(a, evaluation, n_episodes=20, seed=10_000 + seed)
+        success = float(np.mean(np.asarray(r.returns) > 0))
+        curve.append(success)
+        if success >= 0.9:
+            reached = float(a.num_timesteps)
+            return False
+        return True
+
+    agent.learn(args.dyna_steps, progress_bar=False, callback=check)
+    out = {"steps_to_90": reached, "seconds": time.perf_counter() - t0, "load_average": os.getloadavg()[0],
+           "last_success": curve[-1] if curve else float("nan"), "env_steps": float(agent.num_timesteps)}  # fmt: skip
+    if model is not None:
+        out.update(env.llmrl_metrics())
+    print(f"  seed {seed}: {out}", flush=True)
+    return out
+
+
+def stage_dyna(work: Path, args: argparse.Namespace, results: dict) -> None:
+    from llmrl.envs.transitions import MINIGRID_ACTIONS, FullMiniGridDescriber
+    from llmrl.roles.world_model import SimulatorModel
+
+    out: dict[str, Any] = {"settings": {**DYNA_DQN, "ratio": args.dyna_ratio, "fraction": args.dyna_fraction,
+                                        "gate": args.dyna_gate, "max_steps": args.dyna_steps}}  # fmt: skip
+    llm = None
+    for name in args.dyna_models.split(","):
+        runs = []
+        for seed in range(args.dyna_seeds):
+            if name == "none":
+                model = None
+            elif name == "simulator":
+                model = SimulatorModel(FullMiniGridDescriber(), MINIGRID_ACTIONS)
+            else:  # the fine-tuned LLM, one model (and its memory of predictions) for every seed
+                if llm is None:
+                    llm = finetuned_model(work, finetuned_llamacpp(work), confidence=args.dyna_gate > 0)
+                model = llm
+            runs.append(dyna_run(model, seed, args))
+        steps = [r["steps_to_90"] for r in runs]
+        out[name] = {
+            "runs": runs,
+            "reached": float(np.sum(np.isfinite(steps))),
+            "median_steps_to_90": float(np.median([x if np.isfinite(x) else np.inf for x in steps])),
+            "mean_seconds": float(np.mean([r["seconds"] for r in runs])),
+        }
+        print(f"dyna {name}: {out[name]['reached']:.0f}/{len(runs)} reach 90%, median steps "
+              f"{out[name]['median_steps_to_90']}", flush=True)  # fmt: skip
+        results["dyna"] = out
+        save(results, work)
+
+
 # -- glue ------------------------------------------------------------------------------------------------
 
 
@@ -445,6 +585,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", type=Path, default=None, help="adapters (.safetensors) to keep training")
     p.add_argument("--plan-episodes", type=int, default=6)
     p.add_argument("--plan-max-steps", type=int, default=40)
+    p.add_argument("--dyna-models", default="none,simulator,finetuned", help="none, simulator, finetuned")
+    p.add_argument("--dyna-seeds", type=int, default=5)
+    p.add_argument("--dyna-steps", type=int, default=60_000, help="env steps at most per DQN run")
+    p.add_argument("--dyna-ratio", type=float, default=1.0, help="imagined transitions per real env step")
+    p.add_argument("--dyna-fraction", type=float, default=0.5, help="share of each batch that is imagined")
+    p.add_argument("--dyna-gate", type=float, default=0.0, help="min confidence of an imagined transition")
     args = p.parse_args(argv)
     import torch
 
@@ -458,12 +604,16 @@ def main(argv: list[str] | None = None) -> int:
         stage_zeroshot(args.work, args.zero_n, results)
     if "finetune" in stages:
         stage_finetune(args.work, args, results)
+    if "speed" in stages:
+        stage_speed(args.work, args, results)
     if "eval" in stages:
         stage_eval(args.work, args, results)
     if "gate" in stages:
         stage_gate(args.work, args, results)
     if "plan" in stages:
         stage_plan(args.work, args, results)
+    if "dyna" in stages:
+        stage_dyna(args.work, args, results)
     print(json.dumps(results, indent=1))
     return 0
 
