@@ -216,9 +216,12 @@ def stage_finetune(work: Path, args: argparse.Namespace, results: dict) -> None:
     door = distinct(load(work, "doorkey", "train"))
     if args.fit_doorkey:
         door = sample(door, args.fit_doorkey, 4)
-    train = grid + door
+    # repeats: the Grid's few pairs, and the transitions that change something (most answers are "no change")
+    changes = [t for t in door if t.state != t.next_state]
+    train = grid * args.grid_repeat + door + changes * (args.change_repeat - 1)
     random.Random(0).shuffle(train)
-    print(f"fine-tuning on {len(grid)} grid + {len(door)} doorkey distinct transitions", flush=True)
+    print(f"fine-tuning on {len(grid)} grid (x{args.grid_repeat}) + {len(door)} doorkey distinct transitions "
+          f"({len(changes)} that change the state, x{args.change_repeat})", flush=True)  # fmt: skip
 
     def log(m: dict) -> None:
         print({k: round(v, 3) for k, v in m.items()}, f"load {os.getloadavg()[0]:.1f}", flush=True)
@@ -235,6 +238,7 @@ def stage_finetune(work: Path, args: argparse.Namespace, results: dict) -> None:
     (work / "fit_pairs.json").write_text(json.dumps([[t.state, t.action] for t in train]))
     fit = {
         **report.__dict__, "load_seconds": load_s, "grid_pairs": len(grid), "doorkey_pairs": len(door),
+        "grid_repeat": args.grid_repeat, "change_repeat": args.change_repeat,
         "dtype": args.dtype, "threads": args.threads, "load_average_end": os.getloadavg()[0],
     }  # fmt: skip
     if before:
@@ -572,6 +576,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--fit-doorkey", type=int, default=0, help="distinct DoorKey transitions to fine-tune on (0: all)"
+    )
+    p.add_argument("--grid-repeat", type=int, default=1, help="copies of each Grid pair in an epoch")
+    p.add_argument(
+        "--change-repeat", type=int, default=1, help="copies of each DoorKey pair that changes the state"
     )
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--lr", type=float, default=1e-3)

@@ -426,9 +426,13 @@ class DQN(Agent):
             no = np.zeros(1, dtype=bool)
             for i in range(n):
                 one = slice(i, i + 1)
+
+                def row(x: Any, one: slice = one) -> Any:
+                    return np.asarray(x)[one]
+
                 buf.add(
-                    tree_map(lambda x, one=one: np.asarray(x)[one], got["obs"]),
-                    tree_map(lambda x, one=one: np.asarray(x)[one], got["next_obs"]),
+                    tree_map(row, got["obs"]),
+                    tree_map(row, got["next_obs"]),
                     np.asarray(got["actions"])[one] - self._action_start,
                     np.asarray(got["rewards"], dtype=np.float32)[one],
                     np.asarray(got["terminated"], dtype=bool)[one],

@@ -421,7 +421,7 @@ class TextFeatures(BatchCore):
         super().__init__(env)
 
     def transform_space(self, space: gym.Space) -> gym.Space:
-        return self.features.space  # type: ignore[attr-defined,no-any-return]
+        return self.features.space  # type: ignore[attr-defined]
 
     def process(self, obs, rewards, terminated, truncated, infos, starts):
         if any("text" not in info for info in infos):

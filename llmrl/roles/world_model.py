@@ -810,9 +810,9 @@ class Dyna(RoleWrapper):
                 raise ConfigError("Dyna reads info['text']: wrap the env in llmrl.envs.WithText")
             if terminated[i] or truncated[i]:
                 continue  # an episode's last state is never acted in
-            self._states.pop(info["text"], None)
+            new = self._states.pop(info["text"], 0) is not None
             self._states[info["text"]] = None
-            if self._observe is not None:
+            if new and self._observe is not None:  # the simulator copies each state once
                 self._observe(self.env.envs[i] if self.is_vector else self.env)
         while len(self._states) > self.memory:
             del self._states[next(iter(self._states))]
@@ -840,7 +840,7 @@ class Dyna(RoleWrapper):
             "obs": np.stack([self.features(states[i]) for i in keep]),
             "actions": action_ids[keep].astype(np.int64),
             "rewards": p.rewards[keep].astype(np.float32),
-            "next_obs": np.stack([self.features(p.next_states[i]) for i in keep]),  # type: ignore[arg-type]
+            "next_obs": np.stack([self.features(str(p.next_states[i])) for i in keep]),  # valid: not None
             "terminated": p.dones[keep].astype(bool),
         }
 
