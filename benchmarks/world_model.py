@@ -537,6 +537,9 @@ def stage_dyna(work: Path, args: argparse.Namespace, results: dict) -> None:
                     llm = finetuned_model(work, finetuned_llamacpp(work), confidence=args.dyna_gate > 0)
                 model = llm
             runs.append(dyna_run(model, seed, args))
+            out[name] = {"runs": runs}  # saved after every run: a stopped benchmark keeps what it measured
+            results["dyna"] = out
+            save(results, work)
         steps = [r["steps_to_90"] for r in runs]
         out[name] = {
             "runs": runs,
