@@ -7,6 +7,8 @@
     wm.fit(train, max_minutes=10)                        # LoRA fine-tuning on transitions (needs gradients)
 
     agent = WorldModelPlanner(wm, actions, value=my_value)   # agent.act(obs, info) reads info["text"]
+    env = Dyna(TextFeatures(WithText(env, describer=FullMiniGridDescriber()), MiniGridTextFeatures(5)), wm)
+    DQN(env, imagined_fraction=0.5)                      # imagined transitions in half of each batch
 
 The prompt shows the state text, the action and asks for the next state (or only the lines that change,
 `target="diff"`, see `llmrl.envs.transitions.state_diff`), then `reward: <number>` and `done: yes|no`.
