@@ -159,12 +159,32 @@ def make_policy(llm: HFLLM, **kw: Any) -> LLMPolicy:
     return LLMPolicy(llm, GLAM_ACTIONS, **kw)
 
 
-def success_rate(agent: PPO, env_id: str, policy: LLMPolicy, n: int, seed: int, deterministic: bool) -> float:
+def make_env(env_ids: str, num_envs: int, **kw: Any) -> gym.vector.VectorEnv:
+    """`num_envs` envs of `env_ids` (comma-separated: the levels take turns across the envs, a mixed task)."""
+    ids = env_ids.split(",")
+    if len(ids) == 1:
+        return llmrl.make(ids[0], num_envs=num_envs, **kw)
+    return gym.vector.SyncVectorEnv(
+        [lambda i=i: llmrl.make(ids[i % len(ids)], **kw) for i in range(num_envs)]
+    )
+
+
+def success_rate(agent: PPO, env_ids: str, policy: LLMPolicy, n: int, seed: int, deterministic: bool,
+                 **kw: Any) -> float:  # fmt: skip
     """Share of `n` episodes that reach the goal (BabyAI: a positive return) with the agent acting."""
-    env = policy.wrap(llmrl.make(env_id, num_envs=min(n, 8)))
+    env = policy.wrap(make_env(env_ids, min(n, 8), **kw))
     res = evaluate(agent, env, n_episodes=n, deterministic=deterministic, seed=seed)
     env.close()
     return float(np.mean(np.asarray(res.returns) > 0))
+
+
+def policy_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"train": args.train, "lora_layers": args.lora_layers, "normalise": args.normalise,
+            "frozen_dtype": args.frozen_dtype}  # fmt: skip
+
+
+def env_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"max_steps": args.max_steps} if args.max_steps else {}
 
 
 def episodes(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -232,10 +252,14 @@ def train_run(env_id: str, seed: int, steps: int, args: argparse.Namespace, run_
     """PPO + LLMPolicy on `env_id`; `before(agent, policy)` runs first (the untrained policy is the zero-shot
     LLM exactly: LoRA's B and the logit head start at zero), sharing the policy's cache."""
     llm = load_llm()
-    policy = make_policy(llm, train=args.train, lora_layers=args.lora_layers, normalise=args.normalise)
-    env = policy.wrap(llmrl.make(env_id, num_envs=args.envs))
+    policy = make_policy(llm, **policy_options(args))
+    env = policy.wrap(make_env(env_id, args.envs, **env_options(args)))
     settings = dict(PPO_SETTINGS, n_steps=args.n_steps, learning_rate=args.lr, n_epochs=args.epochs)
-    agent = PPO(env, policy=policy, seed=seed, **settings)
+    # --resume goes on from a saved agent (its settings, step count and env state) up to `steps` in all
+    if args.resume:
+        agent = PPO.load(args.resume, env=env, policy=policy)
+    else:
+        agent = PPO(env, policy=policy, seed=seed, **settings)
     if args.cache_file:
         print("cached states loaded:", load_cache(policy, args.cache_file), flush=True)
     if before is not None:
@@ -248,25 +272,28 @@ def train_run(env_id: str, seed: int, steps: int, args: argparse.Namespace, run_
 
 def bench_learn(args: argparse.Namespace) -> dict[str, Any]:
     env_id = args.env
-    out: dict[str, Any] = {"env": env_id, "steps": args.steps, "train": args.train, "seed": args.seed,
-                           "envs": args.envs, "n_steps": args.n_steps, "epochs": args.epochs, "lr": args.lr}  # fmt: skip
+    out: dict[str, Any] = {"env": env_id, "steps": args.steps, "seed": args.seed, "envs": args.envs,
+                           "n_steps": args.n_steps, "epochs": args.epochs, "lr": args.lr,
+                           **policy_options(args), **env_options(args)}  # fmt: skip
     eval_seed = 1000 + args.seed
+    kw = env_options(args)
 
     def zero_shot(agent: PPO, policy: LLMPolicy) -> None:
-        out["zero_shot_sampled"] = success_rate(agent, env_id, policy, args.eval, eval_seed, False)
-        out["zero_shot_greedy"] = success_rate(agent, env_id, policy, args.eval, eval_seed, True)
+        out["zero_shot_sampled"] = success_rate(agent, env_id, policy, args.eval, eval_seed, False, **kw)
+        out["zero_shot_greedy"] = success_rate(agent, env_id, policy, args.eval, eval_seed, True, **kw)
         out["zero_shot_metrics"] = policy.metrics()
         print("zero-shot", out, flush=True)
 
     run_dir = Path(args.run_dir) if args.run_dir else Path(tempfile.mkdtemp()) / "run"
     t0 = time.perf_counter()
     agent, policy = train_run(env_id, args.seed, args.steps, args, run_dir,
-                              before=None if args.no_zero_shot else zero_shot)  # fmt: skip
+                              before=None if args.no_zero_shot or not args.eval else zero_shot)  # fmt: skip
     out["train_wall_s"] = round(time.perf_counter() - t0, 1)
     steps, succ = episodes(run_dir)
     out["training_success"] = rolling(steps, succ, every=max(args.steps // 10, 1))
-    out["fine_tuned_sampled"] = success_rate(agent, env_id, policy, args.eval, eval_seed, False)
-    out["fine_tuned_greedy"] = success_rate(agent, env_id, policy, args.eval, eval_seed, True)
+    if args.eval:
+        out["fine_tuned_sampled"] = success_rate(agent, env_id, policy, args.eval, eval_seed, False, **kw)
+        out["fine_tuned_greedy"] = success_rate(agent, env_id, policy, args.eval, eval_seed, True, **kw)
     out["metrics"] = policy.metrics()
     if args.save:
         agent.save(args.save)
@@ -288,7 +315,9 @@ def bench_gotolocal(args: argparse.Namespace) -> dict[str, Any]:
                 out[f"llm-policy/seed{seed}"] = {"success": rolling(steps, succ, every=max(args.steps // 10, 1)),
                                                  "wall_s": round(time.perf_counter() - t0, 1), **policy.metrics()}  # fmt: skip
             t0 = time.perf_counter()
-            venv = gym.vector.SyncVectorEnv([lambda: FlatSymbolic(llmrl.make(env_id))] * args.envs)
+            venv = gym.vector.SyncVectorEnv(
+                [lambda: FlatSymbolic(llmrl.make(env_id, preprocess=False))] * args.envs
+            )
             sym = PPO(venv, seed=seed, **dict(PPO_SETTINGS, n_steps=args.n_steps, learning_rate=3e-4))
             sym.learn(args.steps, progress_bar=False, run_dir=Path(tmp) / "sym")
             steps, succ = episodes(Path(tmp) / "sym")
@@ -307,7 +336,7 @@ def bench_tasks(args: argparse.Namespace) -> dict[str, Any]:
     from llmrl.llm import load
 
     out: dict[str, Any] = {"episodes": args.episodes, "max_steps": args.max_steps, "levels": TASKS}
-    kw = {"max_steps": args.max_steps}
+    kw = env_options(args)
     zs_llm = load("embedded")
     zs = make_policy(zs_llm, train="none")
     for name, env_id in TASKS.items() if not args.tuned_only else ():
@@ -318,9 +347,7 @@ def bench_tasks(args: argparse.Namespace) -> dict[str, Any]:
         print(name, out[f"zero-shot/{name}"], zs.metrics(), flush=True)
     zs_llm.close()
     if args.checkpoint:
-        policy = make_policy(
-            load_llm(), train=args.train, lora_layers=args.lora_layers, normalise=args.normalise
-        )
+        policy = make_policy(load_llm(), **policy_options(args))
         tuned = PPO.load(args.checkpoint, env=policy.wrap(llmrl.make(LEARN_ENV, num_envs=2)), policy=policy)
         for name, env_id in TASKS.items():
             env = policy.wrap(llmrl.make(env_id, num_envs=2, **kw))
@@ -335,7 +362,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("question", choices=("speed", "learn", "gotolocal", "tasks"))
-    parser.add_argument("--env", default=LEARN_ENV)
+    parser.add_argument("--env", default=LEARN_ENV, help="env id, or ids separated by commas (a mixed task)")
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -346,15 +373,20 @@ def main() -> None:
     parser.add_argument("--train", default="lora", choices=("lora", "heads"))
     parser.add_argument("--lora-layers", type=int, default=1)
     parser.add_argument("--normalise", default="sum", choices=("sum", "token", "word"))
+    parser.add_argument("--frozen-dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--eval", type=int, default=50, help="evaluation episodes (learn)")
     parser.add_argument("--episodes", type=int, default=10, help="episodes per task type (tasks)")
     parser.add_argument("--iters", type=int, default=64, help="PPO iterations measured (speed)")
     parser.add_argument("--sides", nargs="+", default=["llm-policy", "naive"], help="speed: sides to run")
     parser.add_argument("--naive-iters", type=int, default=1, help="PPO iterations of the naive loop (speed)")
     parser.add_argument("--tuned-only", action="store_true", help="skip the zero-shot side (tasks)")
-    parser.add_argument("--max-steps", type=int, default=64, help="episode step cap per level (tasks)")
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="episode step cap (tasks: default 64; learn: the level's own)")  # fmt: skip
     parser.add_argument("--checkpoint", default=None, help="fine-tuned agent to evaluate (tasks)")
     parser.add_argument("--save", default=None, help="save the fine-tuned agent here (learn)")
+    parser.add_argument(
+        "--resume", default=None, help="learn: continue this saved agent up to --steps in all"
+    )
     parser.add_argument("--symbolic-only", action="store_true", help="gotolocal: the symbolic PPO side only")
     parser.add_argument("--no-zero-shot", action="store_true", help="learn: skip the zero-shot evaluation")
     parser.add_argument(
@@ -363,6 +395,8 @@ def main() -> None:
     parser.add_argument("--run-dir", default=None, help="training log folder (learn)")
     parser.add_argument("--out", default=None, help="write the result JSON here")
     args = parser.parse_args()
+    if args.question == "tasks" and args.max_steps is None:
+        args.max_steps = 64
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     fn = {"speed": bench_speed, "learn": bench_learn, "gotolocal": bench_gotolocal, "tasks": bench_tasks}
     result = {"question": args.question, **fn[args.question](args), "provenance": provenance()}

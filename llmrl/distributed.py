@@ -58,7 +58,7 @@ import numpy as np
 import torch
 
 from llmrl.agents.base import space_to_data_eq
-from llmrl.agents.ppo import PPO, Rollout
+from llmrl.agents.ppo import PPO, CustomActorCritic, Rollout
 from llmrl.errors import ConfigError, LLMRLError, optional_import
 from llmrl.llm.base import LLM, CallStats, Image
 from llmrl.llm.common import Backend, check_feature_args, check_images, image_digest
@@ -693,8 +693,9 @@ class DistributedPPO:
         """Train an existing PPO (its weights, optimizer and step count) with rollout workers."""
         if not isinstance(agent, PPO):
             raise ConfigError(f"agent={agent!r} must be an llmrl.PPO")
+        body = agent.model.body if isinstance(agent.model, CustomActorCritic) else None
         return cls(make_env, workers=workers, seed=agent.seed, worker_cpus=worker_cpus, ray_address=ray_address,
-                   policy=agent.model.body, _agent=agent)  # fmt: skip
+                   policy=body, _agent=agent)  # fmt: skip
 
     def close(self) -> None:
         """Stop the workers (Ray itself stays up; `llmrl.distributed.shutdown()` stops it)."""

@@ -25,6 +25,7 @@ from gymnasium import spaces
 from torch import nn
 
 from llmrl.agents.base import Agent, check, check_numbers
+from llmrl.errors import CheckpointError
 from llmrl.nets import (
     Obs,
     StackedMLP,
@@ -43,6 +44,11 @@ __all__ = [
     "PPO",
     "PPOConfig",
     "ActorCritic",
+    "StackedMLPActorCritic",
+    "SeparateActorCritic",
+    "SharedActorCritic",
+    "CustomActorCritic",
+    "actor_critic",
     "Rollout",
     "compute_gae",
     "ppo_loss",
@@ -128,91 +134,51 @@ class PPOConfig:
 
 
 class ActorCritic(nn.Module):
-    """obs -> (logits (B, n) for Discrete actions or Gaussian mean (B, d) for Box actions, value (B,)).
+    """PPO's network: obs -> (logits (B, n) for Discrete actions or Gaussian mean (B, d) for Box actions,
+    value (B,)), and the policy's distribution over actions (`log_prob`, `entropy`, `sample`).
 
-    Vector observations: separate actor and critic MLPs (SB3's MlpPolicy), stacked into one
-    `StackedMLP` (one batched matmul per layer, hand-written backward) for tanh/relu. Observations with
-    an image: one shared encoder + 512-unit trunk and two linear heads (CleanRL's Atari PPO). A custom
-    `body` (plain nn.Module, obs -> (logits or mean, value)) replaces both.
-
-    Gradient steps use `forward_train(obs)` then `backward(out, value, grad_out, grad_value)`: autograd
-    for general networks, the hand-written pass for the stacked MLPs.
+    One subclass per layout, picked by `actor_critic(...)`: `StackedMLPActorCritic` (vector observations,
+    the fast path), `SeparateActorCritic` (two encoder + MLP networks), `SharedActorCritic` (one encoder
+    and trunk, two heads: images) and `CustomActorCritic` (a user's module). Gradient steps use
+    `forward_train(obs)` then `backward(out, value, grad_out, grad_value)`: autograd here, the hand-written
+    pass in the stacked MLP.
     """
 
-    def __init__(self, obs_space: spaces.Space, action_space: spaces.Space, cfg: PPOConfig,
-                 body: nn.Module | None = None):  # fmt: skip
+    separate: bool = False
+    """True when the actor needs no critic computation (so rollouts run the actor alone)."""
+    hand_written: bool = False
+    """True when `backward` is the hand-written pass (PPO then takes the loss gradient from
+    `ppo_loss_and_grads` instead of autograd)."""
+
+    def __init__(self, action_space: spaces.Space, cfg: PPOConfig):
         super().__init__()
         self.discrete = isinstance(action_space, spaces.Discrete)
-        n_out = (
+        self.n_out = (
             int(action_space.n)
             if isinstance(action_space, spaces.Discrete)
             else int(np.prod(action_space.shape or ()))
         )
-        self.n_out = n_out
-        self.body = body
-        self.pair: StackedMLP | None = None
-        self.trunk: nn.Module | None = None
-        shared = cfg.shared_encoder if cfg.shared_encoder is not None else has_image(obs_space)
-        act = _ACTIVATIONS[cfg.activation]
-        if body is None and shared:
-            encoder, dim = build_encoder(obs_space)
-            hidden = cfg.net_arch or (512,)
-            self.trunk = nn.Sequential(
-                encoder, mlp(dim, hidden, activation=nn.ReLU if has_image(obs_space) else act)
-            )
-            self.actor = mlp(hidden[-1], (), n_out, out_gain=0.01)
-            self.critic = mlp(hidden[-1], (), 1, out_gain=1.0)
-        elif body is None:
-            if _stackable(obs_space, act):  # same init draws as the two build_network calls below
-                in_dim = int(np.prod(obs_space.shape))  # type: ignore[arg-type]
-                self.pair = StackedMLP(in_dim, cfg.net_arch or (64, 64), (n_out, 1), activation=act,
-                                       out_gains=(0.01, 1.0))  # fmt: skip
-            else:
-                arch = cfg.net_arch
-                self.actor = build_network(obs_space, n_out, hidden=arch, activation=act, out_gain=0.01)
-                self.critic = build_network(obs_space, 1, hidden=arch, activation=act, out_gain=1.0)
-        self.log_std = None if self.discrete else nn.Parameter(torch.full((n_out,), float(cfg.log_std_init)))
+        # a module's own parameters come first in parameters() and state_dict() whenever they are
+        # registered, so log_std sits where it always did (the flat Adam state of checkpoints relies on it)
+        self.log_std = (
+            None if self.discrete else nn.Parameter(torch.full((self.n_out,), float(cfg.log_std_init)))
+        )
 
     def forward(self, obs: Obs) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.body is not None:
-            out, value = self.body(obs)
-            return out, value.reshape(-1)
-        if self.trunk is not None:
-            h = self.trunk(obs)
-            return self.actor(h), self.critic(h).squeeze(-1)
-        if self.pair is not None:
-            o = self.pair(obs.flatten(1).float())  # type: ignore[union-attr]
-            # o: (2, B, n_out), the actor's logits/mean in o[0], the critic's value in o[1, :, 0]
-            return o[0, :, : self.n_out], o[1, :, 0]
-        return self.actor(obs), self.critic(obs).squeeze(-1)
-
-    @property
-    def separate(self) -> bool:
-        """True when the actor needs no critic computation (so rollouts run the actor alone)."""
-        return self.body is None and self.trunk is None
+        raise NotImplementedError
 
     def policy_out(self, obs: Obs) -> torch.Tensor:
-        if self.pair is not None:
-            return self.pair.forward_one(obs.flatten(1).float(), 0)  # type: ignore[union-attr]
-        return self.actor(obs) if self.separate else self(obs)[0]
+        """The actor's output alone (logits or Gaussian mean)."""
+        return self(obs)[0]
 
     def forward_train(self, obs: Obs) -> tuple[torch.Tensor, torch.Tensor]:
-        """forward(obs) for a gradient step (the stacked MLPs keep their activations, build no graph)."""
-        if self.pair is None:
-            return self(obs)
-        o = self.pair.forward_saved(obs.flatten(1).float())  # type: ignore[union-attr]
-        return o[0, :, : self.n_out], o[1, :, 0]
+        """forward(obs) for a gradient step."""
+        return self(obs)
 
     def backward(self, out: torch.Tensor, value: torch.Tensor, grad_out: torch.Tensor,
                  grad_value: torch.Tensor) -> None:  # fmt: skip
         """Backpropagate d loss / d (out, value) of the last `forward_train` into the parameters' .grad."""
-        if self.pair is None:
-            torch.autograd.backward((out, value), (grad_out, grad_value))
-            return
-        g = out.new_zeros(2, out.shape[0], max(self.pair.out_dims))  # (2, B, n_out)
-        g[0, :, : self.n_out] = grad_out
-        g[1, :, 0] = grad_value
-        self.pair.backward(g)
+        torch.autograd.backward((out, value), (grad_out, grad_value))
 
     def log_prob(self, out: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Log-probability (B,) of `actions` under the policy `out` (logits or Gaussian mean). Hand-written
@@ -243,10 +209,100 @@ class ActorCritic(nn.Module):
         return out + torch.randn_like(out) * self.log_std.exp()  # type: ignore[union-attr]
 
 
-def _stackable(obs_space: spaces.Space, activation: type[nn.Module]) -> bool:
-    """Vector observations with an activation whose derivative StackedMLP knows."""
-    return (isinstance(obs_space, spaces.Box) and not is_image_space(obs_space)
-            and activation in StackedMLP.BACKWARD)  # fmt: skip
+class StackedMLPActorCritic(ActorCritic):
+    """Vector observations, tanh or relu: SB3's MlpPolicy (separate actor and critic MLPs, same init draws
+    as `SeparateActorCritic`) run as one `StackedMLP` — one batched matmul per layer, and a hand-written
+    backward pass: on classic control's small minibatches an autograd graph costs more than the arithmetic."""
+
+    separate = True
+    hand_written = True
+
+    def __init__(self, obs_space: spaces.Box, action_space: spaces.Space, cfg: PPOConfig):
+        super().__init__(action_space, cfg)
+        self.pair = StackedMLP(int(np.prod(obs_space.shape)), cfg.net_arch or (64, 64), (self.n_out, 1),
+                               activation=_ACTIVATIONS[cfg.activation], out_gains=(0.01, 1.0))  # fmt: skip
+
+    def forward(self, obs: Obs) -> tuple[torch.Tensor, torch.Tensor]:
+        o = self.pair(obs.flatten(1).float())  # type: ignore[union-attr]
+        # o: (2, B, n_out), the actor's logits/mean in o[0], the critic's value in o[1, :, 0]
+        return o[0, :, : self.n_out], o[1, :, 0]
+
+    def policy_out(self, obs: Obs) -> torch.Tensor:
+        return self.pair.forward_one(obs.flatten(1).float(), 0)  # type: ignore[union-attr]
+
+    def forward_train(self, obs: Obs) -> tuple[torch.Tensor, torch.Tensor]:
+        """forward(obs) keeping the layers' activations for `backward`, building no graph."""
+        o = self.pair.forward_saved(obs.flatten(1).float())  # type: ignore[union-attr]
+        return o[0, :, : self.n_out], o[1, :, 0]
+
+    def backward(self, out: torch.Tensor, value: torch.Tensor, grad_out: torch.Tensor,
+                 grad_value: torch.Tensor) -> None:  # fmt: skip
+        g = out.new_zeros(2, out.shape[0], max(self.pair.out_dims))  # (2, B, n_out)
+        g[0, :, : self.n_out] = grad_out
+        g[1, :, 0] = grad_value
+        self.pair.backward(g)
+
+
+class SeparateActorCritic(ActorCritic):
+    """Separate actor and critic networks, each an encoder + MLP (SB3's MlpPolicy), for observations
+    the stacked MLP does not take (Discrete, Dict without an image, other activations)."""
+
+    separate = True
+
+    def __init__(self, obs_space: spaces.Space, action_space: spaces.Space, cfg: PPOConfig):
+        super().__init__(action_space, cfg)
+        act, arch = _ACTIVATIONS[cfg.activation], cfg.net_arch
+        self.actor = build_network(obs_space, self.n_out, hidden=arch, activation=act, out_gain=0.01)
+        self.critic = build_network(obs_space, 1, hidden=arch, activation=act, out_gain=1.0)
+
+    def forward(self, obs: Obs) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.actor(obs), self.critic(obs).squeeze(-1)
+
+    def policy_out(self, obs: Obs) -> torch.Tensor:
+        return self.actor(obs)
+
+
+class SharedActorCritic(ActorCritic):
+    """One encoder + trunk (512 ReLU units after a conv encoder) shared by a linear actor head and a linear
+    critic head (CleanRL's Atari PPO): observations with an image, or `shared_encoder=True`."""
+
+    def __init__(self, obs_space: spaces.Space, action_space: spaces.Space, cfg: PPOConfig):
+        super().__init__(action_space, cfg)
+        encoder, dim = build_encoder(obs_space)
+        hidden = cfg.net_arch or (512,)
+        act = nn.ReLU if has_image(obs_space) else _ACTIVATIONS[cfg.activation]
+        self.trunk = nn.Sequential(encoder, mlp(dim, hidden, activation=act))
+        self.actor = mlp(hidden[-1], (), self.n_out, out_gain=0.01)
+        self.critic = mlp(hidden[-1], (), 1, out_gain=1.0)
+
+    def forward(self, obs: Obs) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.trunk(obs)
+        return self.actor(h), self.critic(h).squeeze(-1)
+
+
+class CustomActorCritic(ActorCritic):
+    """A user's module `body`: obs -> (logits or Gaussian mean, value) (e.g. `llmrl.roles.policy.LLMPolicy`)."""
+
+    def __init__(self, body: nn.Module, action_space: spaces.Space, cfg: PPOConfig):
+        super().__init__(action_space, cfg)
+        self.body = body
+
+    def forward(self, obs: Obs) -> tuple[torch.Tensor, torch.Tensor]:
+        out, value = self.body(obs)
+        return out, value.reshape(-1)
+
+
+def actor_critic(obs_space: spaces.Space, action_space: spaces.Space, cfg: PPOConfig,
+                 body: nn.Module | None = None) -> ActorCritic:  # fmt: skip
+    """PPO's network for these spaces and config: the one place a layout is chosen."""
+    if body is not None:
+        return CustomActorCritic(body, action_space, cfg)
+    if cfg.shared_encoder if cfg.shared_encoder is not None else has_image(obs_space):
+        return SharedActorCritic(obs_space, action_space, cfg)
+    if (isinstance(obs_space, spaces.Box) and not is_image_space(obs_space)
+            and _ACTIVATIONS[cfg.activation] in StackedMLP.BACKWARD):  # fmt: skip
+        return StackedMLPActorCritic(obs_space, action_space, cfg)
+    return SeparateActorCritic(obs_space, action_space, cfg)
 
 
 def compute_gae(
@@ -403,7 +459,7 @@ class PPO(Agent):
     def _build(self, policy: nn.Module | None) -> None:
         if not isinstance(self.action_space, (spaces.Discrete, spaces.Box)):
             raise TypeError(f"PPO supports Discrete and Box action spaces, not {self.action_space}.")
-        self.model = ActorCritic(self.observation_space, self.action_space, self.config, policy).to(
+        self.model = actor_critic(self.observation_space, self.action_space, self.config, policy).to(
             self.device
         )
         # one flat parameter tensor: one fused Adam kernel and one-op grad clipping (llmrl.optim.FlatAdam)
@@ -411,7 +467,7 @@ class PPO(Agent):
         self.flat_params = self.optimizer.flat
         # the hand-derived loss gradient (ppo_loss_and_grads) only where it pays: the stacked MLP, whose
         # small minibatches cost more in graph bookkeeping than in arithmetic; autograd elsewhere
-        self.hand_written_loss = self.model.pair is not None
+        self.hand_written_loss = self.model.hand_written
         self.n_updates = 0
 
     # -- acting ---------------------------------------------------------------------------------------------
@@ -617,7 +673,14 @@ class PPO(Agent):
         }
 
     def _set_state(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as err:  # keys or shapes differ: the config builds another network
+            raise CheckpointError(
+                f"the checkpoint's network does not fit the {type(self.model).__name__} its config builds "
+                f"({' '.join(str(err).split())[:300]}); load it with the policy module and llmrl version "
+                "that saved it"
+            ) from err
         self.optimizer.load_state_dict(state["optimizer"])
         self.n_updates = int(state["n_updates"])
 

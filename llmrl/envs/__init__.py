@@ -13,16 +13,12 @@ from __future__ import annotations
 
 import gymnasium as gym
 
+from llmrl.envs.describers import describer_for, register_describer
+from llmrl.envs.families import FAMILIES, family_of, family_of_id
 from llmrl.envs.grid import GridEnv
 from llmrl.envs.make import is_atari, make
 from llmrl.envs.manuals import MANUALS, manual
-from llmrl.envs.text import (
-    Describer,
-    SnapshotDescriber,
-    describer_for,
-    family_of,
-    register_describer,
-)
+from llmrl.envs.text import Describer, SnapshotDescriber
 from llmrl.envs.wrappers import (
     ImageObservation,
     TextObservation,
@@ -49,6 +45,8 @@ __all__ = [
     "describer_for",
     "register_describer",
     "family_of",
+    "family_of_id",
+    "FAMILIES",
 ]
 
 if "llmrl/Grid-v0" not in gym.registry:

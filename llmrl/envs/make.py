@@ -15,12 +15,12 @@ import importlib
 import importlib.util
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
 from gymnasium.vector import AutoresetMode, SyncVectorEnv, VectorEnv
 
+from llmrl.envs.families import FAMILIES, Family, family_of_id
 from llmrl.errors import ConfigError, DependencyNotInstalled, UnknownEnvError
 
 __all__ = [
@@ -30,7 +30,6 @@ __all__ = [
     "ATARI_SCREEN_SIZE",
     "ATARI_STACK",
     "is_atari",
-    "id_family",
 ]
 
 # The standard Atari preprocessing (Mnih et al. 2015, Machado et al. 2018): random no-op starts, action
@@ -44,34 +43,20 @@ _ATARI_ENTRY_POINT = "ale_py.env:AtariEnv"
 _ATARI_VECTOR_KEYS = {"game", "repeat_action_probability", "full_action_space", "max_num_frames_per_episode"}
 
 
-@dataclass(frozen=True)
-class _Family:
-    """An environment family shipped in an optional package, registered with Gymnasium on demand."""
-
-    module: str
-    """Module whose import (plus `gym.register_envs`) registers the family's ids."""
-    extra: str
-    """llmrl extra that installs it: the error message says `pip install 'llmrl[<extra>]'`."""
-    prefixes: tuple[str, ...]
-    """Id prefixes (or substrings for legacy Atari ids) that belong to this family."""
+# The families that live in optional packages (llmrl.envs.families.FAMILIES is the one table).
+_OPTIONAL = tuple(f for f in FAMILIES if f.package is not None)
 
 
-_FAMILIES = (
-    _Family("ale_py", "atari", ("ALE/", "NoFrameskip")),
-    _Family("minigrid", "minigrid", ("MiniGrid-", "BabyAI-")),
-)
-
-
-def _register_family(family: _Family, *, required: bool) -> bool:
+def _register_family(family: Family, *, required: bool) -> bool:
     """Import the family's package and register its ids; False (or DependencyNotInstalled) if missing."""
     try:
-        module = importlib.import_module(family.module)
+        module = importlib.import_module(str(family.package))
     except ImportError as err:
         if not required:
             return False
         raise DependencyNotInstalled(
-            f"{family.module} is not installed; it provides the environments named "
-            f"{' / '.join(repr(p) for p in family.prefixes)}. Install it with: pip install 'llmrl[{family.extra}]'"
+            f"{family.package} is not installed; it provides the environments named "
+            f"{' / '.join(repr(p) for p in family.ids)}. Install it with: pip install 'llmrl[{family.extra}]'"
         ) from err
     gym.register_envs(module)
     return True
@@ -88,14 +73,15 @@ def _resolve(env_id: str) -> gym.envs.registration.EnvSpec:
     if not isinstance(env_id, str) or not env_id:
         raise UnknownEnvError(f"env_id must be a non-empty string such as 'CartPole-v1', got {env_id!r}")
     candidates = (env_id, f"llmrl/{env_id}")
-    for family in _FAMILIES:
-        if any(p in env_id for p in family.prefixes):
+    name = family_of_id(env_id)
+    for family in _OPTIONAL:
+        if family.name == name:
             _register_family(family, required=True)
     for cand in candidates:
         if cand in gym.registry:
             return gym.registry[cand]
     # Maybe a family id without a telling prefix ("Breakout-v4"): register every installed family and retry.
-    for family in _FAMILIES:
+    for family in _OPTIONAL:
         _register_family(family, required=False)
     for cand in candidates:
         if cand in gym.registry:
@@ -107,7 +93,7 @@ def _resolve(env_id: str) -> gym.envs.registration.EnvSpec:
     if len(env_id) > 200:
         env_id = env_id[:60] + f"... ({len(env_id)} characters)"
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    missing = [f.extra for f in _FAMILIES if importlib.util.find_spec(f.module) is None]
+    missing = [str(f.extra) for f in _OPTIONAL if importlib.util.find_spec(str(f.package)) is None]
     extra = (
         f" (Atari and MiniGrid ids need the extras: pip install 'llmrl[{','.join(missing)}]')"
         if missing
@@ -116,25 +102,17 @@ def _resolve(env_id: str) -> gym.envs.registration.EnvSpec:
     raise UnknownEnvError(f"No environment registered with id {env_id!r}.{hint}{extra}")
 
 
-def id_family(env_id: str) -> str | None:
-    """The optional family an id belongs to by its name alone ("atari", "minigrid"), else None. No import,
-    no registry lookup: the one place ids are sorted into families (`llmrl.envs.family_of` sorts built
-    envs)."""
-    for family in _FAMILIES:
-        if any(p in env_id for p in family.prefixes):
-            return family.extra
-    return None
-
-
 def is_atari(env_id: str) -> bool:
     """Whether `env_id` is an ALE (Atari) environment."""
     return _resolve(env_id).entry_point == _ATARI_ENTRY_POINT
 
 
-def _make_single(
-    spec: gym.envs.registration.EnvSpec, atari_preprocessing: bool, kwargs: dict[str, Any]
-) -> gym.Env:
-    if spec.entry_point == _ATARI_ENTRY_POINT and atari_preprocessing:
+def _make_single(spec: gym.envs.registration.EnvSpec, preprocess: bool, kwargs: dict[str, Any]) -> gym.Env:
+    if preprocess and family_of_id(spec.id) == "minigrid":
+        from llmrl.envs.minigrid import minigrid_env
+
+        return minigrid_env(spec.id, **kwargs)
+    if spec.entry_point == _ATARI_ENTRY_POINT and preprocess:
         from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
 
         kwargs = dict(kwargs)
@@ -187,16 +165,17 @@ def _make_atari_vector(
     )
 
 
-def make(
-    env_id: str, num_envs: int = 1, *, atari_preprocessing: bool = True, **kwargs: Any
-) -> gym.Env | VectorEnv:
+def make(env_id: str, num_envs: int = 1, *, preprocess: bool = True, **kwargs: Any) -> gym.Env | VectorEnv:
     """Build `env_id`: a `gymnasium.Env` when `num_envs == 1`, a `VectorEnv` (NEXT_STEP autoreset) otherwise.
 
     Resolves llmrl ids (`"llmrl/Grid-v0"`, or just `"Grid-v0"`), any Gymnasium id, ALE ids (`"ALE/Pong-v5"`)
-    and MiniGrid/BabyAI ids. ALE ids get the standard Atari preprocessing (no-op reset ≤ 30, frame skip 4
-    with max-pooling, 84x84 grey, 4 frames stacked → uint8 (4, 84, 84), no terminal on life loss) unless
-    `atari_preprocessing=False`. `kwargs` go to the environment's constructor. When the id has a native
-    vectorised implementation (CartPole, ALE) it is used, otherwise a `SyncVectorEnv`.
+    and MiniGrid/BabyAI ids, and gives the observations the agents train on (`preprocess=False`: the env as
+    its package builds it). ALE ids: the standard Atari preprocessing (no-op reset ≤ 30, frame skip 4 with
+    max-pooling, 84x84 grey, 4 frames stacked → uint8 (4, 84, 84), no terminal on life loss). MiniGrid and
+    BabyAI ids: the egocentric view as a flat float vector (147,) (`llmrl.envs.minigrid.minigrid_env`, which
+    also takes `oracle=True`); the mission and the state in words come from `llmrl.envs.WithText`.
+    `kwargs` go to the environment's constructor. When the id has a native vectorised implementation
+    (CartPole, ALE) it is used, otherwise a `SyncVectorEnv`.
 
     >>> make("CartPole-v1").observation_space.shape
     (4,)
@@ -205,6 +184,8 @@ def make(
         raise ConfigError(
             f"num_envs must be an integer from 1 to {MAX_ENVS:,} (envs stepped in one process), got {num_envs!r}"
         )
+    if "atari_preprocessing" in kwargs:
+        raise ConfigError("make(..., atari_preprocessing=) is now make(..., preprocess=)")
     spec = _resolve(env_id)
     if kwargs.get("render_mode") == "rgb_array" and not (
         os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
@@ -214,7 +195,7 @@ def make(
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     if num_envs == 1 or kwargs:
         try:  # one env first when there are kwargs: a wrong keyword is reported once, by name
-            single = _make_single(spec, atari_preprocessing, kwargs)
+            single = _make_single(spec, preprocess, kwargs)
         except TypeError as err:
             if not kwargs:
                 raise
@@ -227,7 +208,7 @@ def make(
         single.close()
     if spec.entry_point == _ATARI_ENTRY_POINT:
         # The native ALE vector env always preprocesses; without preprocessing, sync envs are built below.
-        venv = _make_atari_vector(spec, num_envs, kwargs) if atari_preprocessing else None
+        venv = _make_atari_vector(spec, num_envs, kwargs) if preprocess else None
         if venv is not None:
             return venv
     elif spec.vector_entry_point is not None and not spec.additional_wrappers:
@@ -240,5 +221,5 @@ def make(
             and venv.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP) == AutoresetMode.NEXT_STEP
         ):
             return venv
-    thunk: Callable[[], gym.Env] = lambda: _make_single(spec, atari_preprocessing, kwargs)  # noqa: E731
+    thunk: Callable[[], gym.Env] = lambda: _make_single(spec, preprocess, kwargs)  # noqa: E731
     return SyncVectorEnv([thunk for _ in range(num_envs)], autoreset_mode=AutoresetMode.NEXT_STEP)

@@ -7,6 +7,7 @@ words as the describers and captions ("puddle", "key", "door", "skull").
 
 from __future__ import annotations
 
+from llmrl.envs.families import atari_game, family_of_id
 from llmrl.errors import ConfigError
 
 __all__ = ["manual", "MANUALS"]
@@ -85,22 +86,6 @@ MANUALS: dict[str, str] = {
     ),
 }
 
-# (substring of the env id, lower case) -> manual key; first match wins, so specific ids come first.
-_ID_PATTERNS = (
-    ("grid-v", "grid"),
-    ("minigrid-", "minigrid"),
-    ("babyai-", "minigrid"),
-    ("breakout", "breakout"),
-    ("pong", "pong"),
-    ("montezuma", "montezumarevenge"),
-    ("ale/", "atari"),
-    ("noframeskip", "atari"),
-    ("cartpole", "cartpole"),
-    ("acrobot", "acrobot"),
-    ("mountaincar", "mountaincar"),
-    ("pendulum", "pendulum"),
-)
-
 
 def manual(env_id: str) -> str:
     """The manual of the family `env_id` belongs to ("llmrl/Grid-v0", "MiniGrid-DoorKey-6x6-v0",
@@ -108,9 +93,11 @@ def manual(env_id: str) -> str:
     key = str(env_id).lower()
     if key in MANUALS:
         return MANUALS[key]
-    for pattern, family in _ID_PATTERNS:
-        if pattern in key:
-            return MANUALS[family]
+    family = family_of_id(env_id)
+    if family == "atari":  # a game's own manual where there is one, else the one of all Atari games
+        return MANUALS.get(atari_game(env_id), MANUALS["atari"])
+    if family in MANUALS:
+        return MANUALS[family]
     raise ConfigError(
         f"No manual for {env_id!r}. Manuals exist for: {', '.join(sorted(MANUALS))}; "
         "pass your own text to the role instead."

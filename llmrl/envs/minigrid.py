@@ -1,7 +1,7 @@
 """MiniGrid for the agents: the flat view they train on, and the ground truth (oracle sub-goals, paths).
 
-    env = minigrid_env("MiniGrid-DoorKey-6x6-v0")              # flat (147,) view, state text in info
-    env = minigrid_env("MiniGrid-DoorKey-6x6-v0", oracle=True)  # + info["oracle_goals"] (ground truth)
+    env = llmrl.make("MiniGrid-DoorKey-6x6-v0")               # flat (147,) view: minigrid_env(...)
+    env = llmrl.make("MiniGrid-DoorKey-6x6-v0", oracle=True)  # + info["oracle_goals"] (ground truth)
 
 The ground truth reads the environment's internals on purpose (`env.unwrapped.grid`, `.carrying`, ...):
 the oracle is the upper bound ELLM is compared against, and `plan_action` drives the scripted skills
@@ -16,13 +16,11 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from llmrl.envs.make import id_family
 from llmrl.errors import optional_import
 
 __all__ = [
     "FlatImage",
     "minigrid_env",
-    "is_minigrid_id",
     "doorkey_subgoal",
     "MiniGridSubgoals",
     "find_object",
@@ -37,35 +35,31 @@ __all__ = [
 ]
 
 
-def is_minigrid_id(env_id: str) -> bool:
-    """True for MiniGrid and BabyAI ids (the family `minigrid_env` builds)."""
-    return id_family(env_id) == "minigrid"
+class FlatImage(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
+    """MiniGrid's egocentric (7, 7, 3) view as a float32 vector (147,) scaled to [0, 1].
 
-
-class FlatImage(gym.ObservationWrapper):
-    """MiniGrid's egocentric (7, 7, 3) view as a float32 vector (147,) scaled to [0, 1]."""
+    `view` keeps the last (7, 7, 3) view, so that a describer above this wrapper (`WithText`) reads it
+    instead of asking the env to build it again (which costs as much as the env's own step)."""
 
     def __init__(self, env: gym.Env):
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self)
+        gym.ObservationWrapper.__init__(self, env)
         shape = env.observation_space["image"].shape  # type: ignore[index]
         self.observation_space = gym.spaces.Box(0.0, 1.0, (int(np.prod(shape)),), np.float32)
+        self.view: np.ndarray | None = None
 
     def observation(self, obs: dict) -> np.ndarray:
+        self.view = obs["image"]
         # object ids go up to 10, colours to 5, states to 2 (minigrid.core.constants)
         return obs["image"].reshape(-1).astype(np.float32) / 10.0
 
 
-def minigrid_env(
-    env_id: str = "MiniGrid-DoorKey-6x6-v0", *, text: bool = True, oracle: bool = False, **kwargs: Any
-) -> gym.Env:
-    """One MiniGrid env for the agents: flat (147,) observation; `info["text"]`/`["caption"]` with
-    `text`; `info["oracle_goals"]` with `oracle`. `kwargs` go to `gym.make` (e.g. render_mode)."""
+def minigrid_env(env_id: str = "MiniGrid-DoorKey-6x6-v0", *, oracle: bool = False, **kwargs: Any) -> gym.Env:
+    """One MiniGrid/BabyAI env as the agents train on it, what `llmrl.make(env_id)` builds for these ids:
+    the flat (147,) view (`FlatImage`); with `oracle`, `info["oracle_goals"]` (ground truth, under the view).
+    `kwargs` go to `gym.make` (e.g. render_mode). The state in words comes from `WithText` over it."""
     optional_import("minigrid", "minigrid")  # registers the MiniGrid ids
     env: gym.Env = gym.make(env_id, **kwargs)
-    if text:
-        from llmrl.envs.wrappers import WithText
-
-        env = WithText(env)
     if oracle:
         env = MiniGridSubgoals(env)
     return FlatImage(env)
@@ -97,9 +91,13 @@ def doorkey_subgoal(u: Any) -> str:
     return "reach the goal"
 
 
-class MiniGridSubgoals(gym.Wrapper):
+class MiniGridSubgoals(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """Puts the ground-truth next sub-goal in `info["oracle_goals"]` (a one-item list) for ELLM's
     `suggest="oracle"`. Wrap each env before vectorising it."""
+
+    def __init__(self, env: gym.Env):
+        gym.utils.RecordConstructorArgs.__init__(self)
+        gym.Wrapper.__init__(self, env)
 
     def reset(self, **kwargs):
         obs, info = self.env.reset(**kwargs)

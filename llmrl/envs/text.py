@@ -1,6 +1,7 @@
 """States in words: one describer per environment family, and captions of what a transition did.
 
-A describer is created per environment (`describer_for(env)`) and keeps the previous state, so that
+A describer is created per environment (`llmrl.envs.describers.describer_for(env)` picks the family's) and
+keeps the previous state, so that
 `step` can caption the transition from the difference ("picked up the yellow key", "lost a life").
 Texts are deterministic and short, and continuous values are quantised, so that near-identical states
 give identical text: that is what lets an LLM cache hit (benchmarks/envs_text.py measures how often).
@@ -15,14 +16,13 @@ give identical text: that is what lets an LLM cache hit (benchmarks/envs_text.py
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
+from llmrl.envs.families import family_of
 from llmrl.envs.grid import ACTION_NAMES, GridEnv
-from llmrl.errors import ConfigError
 
 __all__ = [
     "Describer",
@@ -32,9 +32,7 @@ __all__ = [
     "AcrobotDescriber",
     "MountainCarDescriber",
     "PendulumDescriber",
-    "describer_for",
-    "register_describer",
-    "family_of",
+    "family_of",  # re-exported from llmrl.envs.families, where the families are
     "quantise",
     "steps_phrase",
 ]
@@ -313,73 +311,3 @@ class PendulumDescriber(SnapshotDescriber):
         )
         turn = "still" if w == 0 else f"turning {_sign_word(w, 'left', 'right')} at {abs(w):.1f} rad/s"
         return f"{where}, {turn}"
-
-
-# -- dispatch -------------------------------------------------------------------------------------
-
-_Factory = Callable[[Any], Describer]
-_REGISTERED: list[tuple[Callable[[Any], bool], _Factory]] = []
-
-_CLASSIC = {
-    "CartPoleEnv": CartPoleDescriber,
-    "CartPoleVectorEnv": CartPoleDescriber,
-    "AcrobotEnv": AcrobotDescriber,
-    "MountainCarEnv": MountainCarDescriber,
-    "Continuous_MountainCarEnv": MountainCarDescriber,
-    "PendulumEnv": PendulumDescriber,
-}
-
-
-def register_describer(match: type | Callable[[Any], bool], factory: _Factory) -> None:
-    """Teach `describer_for` a new family: `match` is an env class (of `env.unwrapped`) or a predicate.
-    Registered describers are tried before the built-in ones."""
-    pred = (lambda env: isinstance(env.unwrapped, match)) if isinstance(match, type) else match
-    _REGISTERED.insert(0, (pred, factory))
-
-
-def family_of(env: gym.Env | gym.vector.VectorEnv) -> str:
-    """'grid', 'minigrid', 'atari', 'cartpole', 'acrobot', 'mountaincar', 'pendulum', or 'unknown'."""
-    base = env.unwrapped
-    name = type(base).__name__
-    if isinstance(base, GridEnv):
-        return "grid"
-    if name in _CLASSIC:
-        return _CLASSIC[name].family
-    if _is_minigrid(base):
-        return "minigrid"
-    if type(base).__module__.startswith("ale_py"):
-        return "atari"
-    return "unknown"
-
-
-def _is_minigrid(base: Any) -> bool:
-    return any(
-        c.__module__.startswith("minigrid") and c.__name__ == "MiniGridEnv" for c in type(base).__mro__
-    )
-
-
-def describer_for(env: gym.Env | gym.vector.VectorEnv) -> Describer:
-    """A fresh describer for `env` (a gymnasium.Env; or a native vector env whose describer reads the
-    observation alone, such as CartPole's). Raises ConfigError for families without one."""
-    for pred, factory in _REGISTERED:
-        if pred(env):
-            return factory(env)
-    family = family_of(env)
-    base: Any = env.unwrapped
-    if family == "grid":
-        return GridDescriber(base)
-    if type(base).__name__ in _CLASSIC:
-        return _CLASSIC[type(base).__name__]()
-    if family == "minigrid":
-        from llmrl.envs.text_minigrid import MiniGridDescriber
-
-        return MiniGridDescriber()
-    if family == "atari":
-        from llmrl.envs.text_atari import AtariDescriber
-
-        return AtariDescriber(base)
-    raise ConfigError(
-        f"No describer for {type(base).__name__} (spec {getattr(env.spec, 'id', None)!r}). Supported: llmrl Grid, "
-        "MiniGrid/BabyAI, Atari (via OCAtari), CartPole, Acrobot, MountainCar, Pendulum; teach it another with "
-        "llmrl.envs.register_describer(EnvClass, factory)."
-    )

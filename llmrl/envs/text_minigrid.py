@@ -11,15 +11,17 @@ front of it, the cell it stands on.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
+from llmrl.envs.minigrid import FlatImage
 from llmrl.envs.text import SnapshotDescriber, steps_phrase
 
-__all__ = ["MiniGridDescriber", "MiniGridSnapshot", "MAX_OBJECTS"]
+__all__ = ["MiniGridDescriber", "MiniGridSnapshot", "MAX_OBJECTS", "minigrid_summary"]
 
 MAX_OBJECTS = 8
 """At most this many seen objects are listed, nearest first (LavaCrossing shows dozens of lava cells)."""
@@ -77,7 +79,10 @@ class MiniGridDescriber(SnapshotDescriber):
         view = int(base.agent_view_size)
         image = obs.get("image") if isinstance(obs, dict) else obs
         if not (isinstance(image, np.ndarray) and image.shape == (view, view, 3)):
-            image = base.gen_obs()["image"]  # an observation wrapper changed the obs: rebuild the view
+            # an observation wrapper changed the obs: the view the flat-view wrapper kept, else rebuilt
+            image = _kept_view(env)
+            if image is None or image.shape != (view, view, 3):
+                image = base.gen_obs()["image"]
         cx, cy = view // 2, view - 1  # the agent's cell in its view, facing up (towards y = 0)
         seen = []
         for i, j in zip(*np.nonzero(image[:, :, 0] > 3)):  # door, key, ball, box, goal, lava
@@ -145,6 +150,16 @@ class MiniGridDescriber(SnapshotDescriber):
         return " and ".join(events)
 
 
+def _kept_view(env: gym.Env) -> np.ndarray | None:
+    """The last view a `FlatImage` in `env`'s wrapper chain turned into its flat observation, or None."""
+    e: Any = env
+    while isinstance(e, gym.Wrapper):
+        if isinstance(e, FlatImage):
+            return e.view
+        e = e.env
+    return None
+
+
 def _inside(base: Any, pos: Any) -> bool:
     return 0 <= int(pos[0]) < base.grid.width and 0 <= int(pos[1]) < base.grid.height
 
@@ -156,3 +171,17 @@ def _cell_key(cell: Any) -> tuple[str, str, str]:
     if cell.type == "door":
         state = "open" if cell.is_open else "locked" if cell.is_locked else "closed"
     return (cell.type, cell.color, state)
+
+
+def minigrid_summary(text: str) -> str:
+    """Keep only the mission and what the agent carries from a MiniGrid state text.
+
+    Positions make almost every state's text unique; the mission and the inventory (what ELLM's
+    Crafter captions also hold) are what decides the next sub-goal, and they repeat, so the LLM is
+    asked a handful of distinct prompts per task instead of one per episode.
+
+    >>> minigrid_summary("Mission: open the door. You see a yellow key 1 step left. You carry nothing.")
+    'Mission: open the door. You carry nothing.'
+    """
+    keep = [s for s in re.split(r"(?<=\.)\s+", text.strip()) if s.startswith(("Mission", "You carry"))]
+    return " ".join(keep) if keep else text

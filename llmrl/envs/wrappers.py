@@ -19,7 +19,8 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, SyncVectorEnv, VectorEnv, VectorWrapper
 
 from llmrl.envs.adapters import Adaptive
-from llmrl.envs.text import Describer, describer_for
+from llmrl.envs.describers import describer_for
+from llmrl.envs.text import Describer
 from llmrl.errors import ConfigError
 
 __all__ = [

@@ -236,7 +236,6 @@ def build_env(
     import gymnasium as gym
 
     from llmrl.envs import ImageObservation, make
-    from llmrl.envs.minigrid import is_minigrid_id, minigrid_env
     from llmrl.roles.base import with_text
 
     kwargs = _yaml_values(cfg.env_args)
@@ -246,22 +245,19 @@ def build_env(
     text = cfg.role != "none"
 
     def single() -> Any:
-        if is_minigrid_id(cfg.env):
-            # MiniGrid's observation holds a text mission and a 7x7 symbolic view: agents get the view as
-            # a flat vector (the state in words goes to info["text"] for the roles)
-            return minigrid_env(cfg.env, text=text, **kwargs)
         env: Any = make(cfg.env, **kwargs)
-        if cfg.image_obs:  # the text is described from the env, so it goes under the image
-            env = ImageObservation(with_text(env) if text else env, size=84, grey=True)
-        return env
+        # the text is described from the env, so it goes under the image
+        return ImageObservation(with_text(env) if text else env, size=84, grey=True)
 
     env: Any
-    if is_minigrid_id(cfg.env) or cfg.image_obs:
+    if cfg.image_obs:
         # with n > 1 each env already writes info["text"] (described before the observation was changed),
         # which the sync vector env batches: has_text sees that, so the role does not describe it again
         env = single() if n == 1 else gym.vector.SyncVectorEnv([single] * n)
-    else:
+    else:  # the observations the agents train on (MiniGrid: the flat view)
         env = make(cfg.env, num_envs=n, **kwargs)
+        if text:  # the state in words for the role, under `inner` (its describers read the envs themselves)
+            env = with_text(env)
     if inner is not None:
         env = inner(env)
     if cfg.role == "none":

@@ -22,12 +22,12 @@ from typing import Any, Literal
 import gymnasium as gym
 import numpy as np
 
+from llmrl.envs.text_minigrid import minigrid_summary
 from llmrl.errors import ConfigError
 from llmrl.llm.base import LLM, LLMOutputError
 from llmrl.llm.cache import checked
 from llmrl.roles.bad_output import BadOutputPolicy, check_bad_output_policy, handle_bad_output
 from llmrl.roles.base import RoleWrapper, require_capabilities
-from llmrl.roles.registry import register_text_filter
 from llmrl.roles.registry import text_filter as resolve_text_filter
 
 __all__ = [
@@ -78,23 +78,6 @@ def vocabulary_candidates(text: str) -> list[str]:
         else:
             out.extend(v.format(o=obj) for v in verbs)
     return out
-
-
-def minigrid_summary(text: str) -> str:
-    """Keep only the mission and what the agent carries from a MiniGrid state text.
-
-    Positions make almost every state's text unique; the mission and the inventory (what ELLM's
-    Crafter captions also hold) are what decides the next sub-goal, and they repeat, so the LLM is
-    asked a handful of distinct prompts per task instead of one per episode.
-
-    >>> minigrid_summary("Mission: open the door. You see a yellow key 1 step left. You carry nothing.")
-    'Mission: open the door. You carry nothing.'
-    """
-    keep = [s for s in re.split(r"(?<=\.)\s+", text.strip()) if s.startswith(("Mission", "You carry"))]
-    return " ".join(keep) if keep else text
-
-
-register_text_filter("minigrid_summary", minigrid_summary)
 
 
 def parse_goal_list(completion: str, k: int | None = None) -> list[str]:

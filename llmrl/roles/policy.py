@@ -183,6 +183,9 @@ class LLMPolicy(nn.Module):
     value_hidden: width of the value head's hidden layer.
     cache_mb: memory for the cached frozen activations (least recently used states are dropped).
     max_texts: the most distinct prompts (the size of the id observation space).
+    frozen_dtype: the frozen layers run (in place, on the model given) and are cached in this dtype;
+        "bfloat16" makes a first visit ~2.5x faster on CPUs with avx512_bf16 or AMX (0.058 s against 0.145 s
+        for a 100-token Gemma 3 270M prompt) and halves the cache, at bfloat16's precision in the prior.
     seed: initialises the heads and adapters (independent of the global RNG).
     """
 
@@ -213,10 +216,14 @@ class LLMPolicy(nn.Module):
         value_hidden: int = 256,
         cache_mb: float = 2048.0,
         max_texts: int = 2**31 - 1,
+        frozen_dtype: Literal["float32", "bfloat16"] = "float32",
         seed: int = 0,
     ) -> None:
         super().__init__()
         _check_options(train, normalise, vocab, history, lora_layers, lora_rank, template)
+        if frozen_dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"frozen_dtype={frozen_dtype!r} is invalid: use float32 or bfloat16")
+        self.frozen_dtype = getattr(torch, frozen_dtype)
         self.actions = tuple(str(a) for a in actions)
         if len(self.actions) < 2:
             raise ConfigError(f"actions={self.actions!r}: a policy needs at least two action strings")
@@ -262,6 +269,8 @@ class LLMPolicy(nn.Module):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self._build_trainable(train, lora_layers, lora_rank, lora_alpha, lora_targets, value_hidden)
+        for layer in self.stack.layers[: self.first_trained]:  # in place: the frozen layers are ours to run
+            layer.to(self.frozen_dtype)
         self.register_buffer("out_rows", self.stack.output_rows(self.unique_ids) if vocab == "actions" else None,
                              persistent=False)  # fmt: skip
         # the heads read the last hidden state minus the same state under a content-free prompt (no state text):
@@ -310,7 +319,9 @@ class LLMPolicy(nn.Module):
             ids = list(self.llm.tokenizer(self.prompt(""))["input_ids"])
             seq = torch.tensor(ids + [t for a in self.action_ids for t in a])
             mask, pos = self._mask_positions([len(ids)], len(seq))
-            h = self.stack.run(self.stack.embed(seq[None]), 0, len(self.stack.layers), mask, pos)
+            h = self.stack.run(
+                self._frozen(seq, mask, pos), self.first_trained, len(self.stack.layers), mask, pos
+            )
             return self.stack.final_norm(h[0, len(ids) - 1]).float().clone()
 
     # -- prompts and the env side ------------------------------------------------------------------------
@@ -467,9 +478,9 @@ class LLMPolicy(nn.Module):
             seq, P = self._sequence(key)
             mask, pos = self._mask_positions([P], len(seq))
             stack = self.stack
-            h = stack.run(stack.embed(seq[None]), 0, self.first_trained, mask, pos)  # (1, S, d)
+            h = self._frozen(seq, mask, pos)  # (1, S, d)
             if self.first_trained < len(stack.layers):
-                entry: Any = (h[0].clone(), P)
+                entry: Any = (h[0].to(self.frozen_dtype).clone(), P)  # bfloat16 halves the cache
                 size = h[0].numel() * h.element_size()
             else:
                 h = stack.final_norm(h[0, self._rows([P])[0]])[None]  # (1, R, d)
@@ -478,6 +489,11 @@ class LLMPolicy(nn.Module):
                 size = (self.n + h.shape[-1]) * 4
         self._remember(key, entry, size)
         return entry
+
+    def _frozen(self, seq: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """The frozen layers over one packed sequence (S,) -> float32 hidden states (1, S, d)."""
+        h = self.stack.embed(seq[None]).to(self.frozen_dtype)
+        return self.stack.run(h, 0, self.first_trained, mask, pos).float()
 
     def _remember(self, key: int, entry: Any, size: int) -> None:
         self._cache[key] = entry
@@ -493,7 +509,7 @@ class LLMPolicy(nn.Module):
         lengths = [P for _, P in entries]
         total = max(h.shape[0] for h, _ in entries)
         d = entries[0][0].shape[-1]
-        x = entries[0][0].new_zeros(len(entries), total, d)
+        x = torch.zeros(len(entries), total, d)
         for b, (h, _) in enumerate(entries):
             x[b, : h.shape[0]] = h
         mask, pos = self._mask_positions(lengths, total)

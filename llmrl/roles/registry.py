@@ -17,6 +17,7 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
+from llmrl.envs.text_minigrid import minigrid_summary
 from llmrl.errors import ConfigError
 
 __all__ = [
@@ -42,7 +43,7 @@ ROLE_PATHS: dict[str, str] = {
 """Role name (`llmrl train --role NAME`, a preset's `role:`) -> "module:Class". CLIPReward takes a CLIP
 model rather than an LLM, so it is used from Python only."""
 
-TEXT_FILTERS: dict[str, Callable[[str], str]] = {}
+TEXT_FILTERS: dict[str, Callable[[str], str]] = {"minigrid_summary": minigrid_summary}
 """Name -> state-text filter, for roles' `text_filter` option given by name (from YAML)."""
 
 
@@ -70,8 +71,6 @@ def text_filter(spec: str | Callable[[str], str] | None) -> Callable[[str], str]
     """A text filter from its registered name (or the callable itself, or None)."""
     if spec is None or callable(spec):
         return spec
-    if not TEXT_FILTERS:
-        import llmrl.roles.goals  # noqa: F401  (registers the built-in filters)
     if spec not in TEXT_FILTERS:
         raise ConfigError(f"unknown text_filter {spec!r}; registered: {', '.join(sorted(TEXT_FILTERS))}")
     return TEXT_FILTERS[spec]
@@ -86,12 +85,11 @@ def role_defaults(name: str, env_id: str | None) -> dict[str, Any]:
     """
     if name != "ellm" or not env_id:
         return {}
-    from llmrl.envs import manual
-    from llmrl.envs.minigrid import is_minigrid_id
+    from llmrl.envs import family_of_id, manual
 
     out: dict[str, Any] = {}
     with contextlib.suppress(ConfigError):  # no manual for this family: the prompt goes without one
         out["manual"] = manual(env_id)
-    if is_minigrid_id(env_id):
+    if family_of_id(env_id) == "minigrid":
         out["text_filter"] = "minigrid_summary"
     return out

@@ -41,9 +41,9 @@ def test_atari_preprocessing_single_and_vector() -> None:
     obs, _ = venv.reset(seed=0)
     obs, *_ = venv.step(np.zeros(2, dtype=np.int64))
     assert obs.shape == (2, 4, 84, 84)
-    raw = make("ALE/Breakout-v5", atari_preprocessing=False)
+    raw = make("ALE/Breakout-v5", preprocess=False)
     assert raw.observation_space.shape == (210, 160, 3)
-    raw_vec = make("ALE/Breakout-v5", num_envs=2, atari_preprocessing=False)
+    raw_vec = make("ALE/Breakout-v5", num_envs=2, preprocess=False)
     assert raw_vec.single_observation_space.shape == (210, 160, 3)
 
 

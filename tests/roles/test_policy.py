@@ -147,6 +147,25 @@ def test_packed_tree_scores_equal_a_forward_per_action(tiny_gemma, lora_layers, 
     assert policy.metrics()["llm/hits"] == 2 and policy.metrics()["llm/misses"] == 2
 
 
+@pytest.mark.parametrize("train", ["lora", "heads"])
+def test_bfloat16_frozen_layers_stay_close_to_float32(tiny_gemma, train):
+    exact = LLMPolicy(_llm(tiny_gemma), GLAM_ACTIONS, train=train)
+    fast = LLMPolicy(_llm(tiny_gemma), GLAM_ACTIONS, train=train, frozen_dtype="bfloat16")
+    frozen = fast.stack.layers[: fast.first_trained]
+    assert len(frozen) and all(p.dtype == torch.bfloat16 for layer in frozen for p in layer.parameters())
+    assert all(
+        p.dtype == torch.float32
+        for layer in fast.stack.layers[fast.first_trained :]
+        for p in layer.parameters()
+    )
+    want, v_want = exact(_ids(exact, *STATES))
+    got, v_got = fast(_ids(fast, *STATES))
+    assert got.dtype == torch.float32 and torch.isfinite(got).all()
+    torch.testing.assert_close(torch.softmax(got, -1), torch.softmax(want, -1), atol=0.03, rtol=0)
+    with pytest.raises(ConfigError, match="frozen_dtype"):
+        LLMPolicy(_llm(tiny_gemma), GLAM_ACTIONS, frozen_dtype="float16")
+
+
 def test_action_vocab_is_a_softmax_over_the_action_tokens(tiny_gemma):
     llm = _llm(tiny_gemma)
     policy = LLMPolicy(llm, GLAM_ACTIONS, train="heads")

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from llmrl.envs.families import family_of_id
 from llmrl.errors import ConfigError
 from llmrl.llm.base import LLM
 from llmrl.roles.rewards.common import BadOutputPolicy, RewardRole, check_llm, yes_no_prompt_logit
@@ -67,15 +68,6 @@ def env_id_of(env: Any) -> str | None:
             return str(spec.id)
     envs = getattr(env.unwrapped if hasattr(env, "unwrapped") else env, "envs", None)
     return env_id_of(envs[0]) if envs else None
-
-
-def _family(env_id: str) -> str:
-    key = env_id.lower()
-    if "minigrid" in key or "babyai" in key:
-        return "minigrid"
-    if "grid" in key:
-        return "grid"
-    return "atari" if key.startswith("ale/") else ""
 
 
 @dataclass(frozen=True)
@@ -133,7 +125,7 @@ class ManualReward(RewardRole):
                 raise ConfigError("ManualReward cannot tell the env's id; pass manual='<the manual text>'.")
             manual = find_manual(env_id)
         if events is None:
-            events = DEFAULT_EVENTS.get(_family(env_id))
+            events = DEFAULT_EVENTS.get(family_of_id(env_id) or "")
             if not events:
                 raise ConfigError(
                     f"No default events for env {env_id!r}; pass events={{'caption regex': 'event phrase'}}, "
