@@ -281,7 +281,7 @@ class LLMWorldModel(WorldModel):
         once per example (their output is kept), and the last layer and the output layer only at the rows
         that predict the answer: the exact loss of the whole model at ~1/10 of its cost on a CPU (a
         bfloat16 model, `HFLLM(..., dtype="bfloat16")`, halves it again; the adapters stay float32).
-        Stops after `epochs` or `max_minutes` (which counts the frozen layers' pass). Afterwards the model answers without the few-shot examples (they are
+        Stops after `epochs` or `max_minutes` (checked after each step; it counts the frozen layers). Afterwards the model answers without the few-shot examples (they are
         dropped from the prompt) and under a new name, so no cached answer of the base model is reused.
         Needs a backend with gradients (`llmrl.llm.HFLLM`): others raise ConfigError.
         """
@@ -305,8 +305,7 @@ class LLMWorldModel(WorldModel):
             tuner.example(self.prompt(tr.state, tr.action), self.completion(tr).rstrip("\n") + _STOP)
             for tr in transitions
         ]
-        tuner.cache_frozen(data)
-        cache_seconds = time.perf_counter() - t0
+        # the frozen layers run for each example the first time a batch holds it (so max_minutes holds)
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
         rng = np.random.default_rng(seed)
         steps, losses = 0, []
@@ -355,7 +354,7 @@ class LLMWorldModel(WorldModel):
             first_loss=float(np.mean(losses[:5])) if losses else float("nan"),
             last_loss=float(np.mean(losses[-5:])) if losses else float("nan"),
             trainable_parameters=int(sum(p.numel() for p in params)),
-            cache_seconds=cache_seconds,
+            cache_seconds=tuner.frozen_seconds,
         )
 
 
@@ -404,6 +403,7 @@ class _Tuner:
         self.first = min(adapted) if adapted else len(self.stack.layers) - 1
         eos = tok.eos_token_id
         self.tail = [eos] if eos is not None else []
+        self.frozen_seconds = 0.0  # time spent in the frozen layers (FitReport.cache_seconds)
 
     def example(self, prompt: str, answer: str) -> _Example:
         p = list(self.tok(prompt, add_special_tokens=True)["input_ids"])
@@ -432,6 +432,7 @@ class _Tuner:
         """Run the frozen lower layers once for every example not seen before (batched, no graph)."""
         import torch
 
+        t0 = time.perf_counter()
         todo = [e for e in data if e.frozen is None]
         stack = self.stack
         with torch.no_grad():
@@ -444,6 +445,7 @@ class _Tuner:
                 h = stack.run(stack.embed(ids), 0, self.first, mask, pos)  # (B, S, d)
                 for i, e in enumerate(chunk):
                     e.frozen = h[i, : int(lengths[i])].clone()
+        self.frozen_seconds += time.perf_counter() - t0
 
     def loss(self, batch: Sequence[_Example]) -> Any:
         """Mean cross-entropy of the answer tokens (the eos included) over `batch`, with a graph."""
