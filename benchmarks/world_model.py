@@ -157,7 +157,7 @@ def stage_zeroshot(work: Path, n: int, results: dict) -> None:
     llm.close()
 
 
-def hf_base(work: Path) -> Any:
+def hf_base(work: Path, dtype: str = "float32") -> Any:
     """The embedded GGUF through transformers; de-quantised once (minutes on a busy CPU) and kept in `work`."""
     import torch
     from safetensors.torch import save_model
@@ -166,7 +166,7 @@ def hf_base(work: Path) -> Any:
 
     folder = work / "gemma3_270m_hf"
     if (folder / "model.safetensors").exists():
-        return HFLLM(folder, device="cpu")
+        return HFLLM(folder, device="cpu", dtype=dtype)
     llm = HFLLM.from_gguf(device="cpu")
     folder.mkdir(parents=True, exist_ok=True)
     cfg = llm.module.config.to_dict()
@@ -175,7 +175,7 @@ def hf_base(work: Path) -> Any:
     with torch.no_grad():
         save_model(llm.module, str(folder / "model.safetensors"))
     llm.tokenizer.save_pretrained(folder)
-    return llm
+    return llm if dtype == "float32" else HFLLM(folder, device="cpu", dtype=dtype)
 
 
 def finetuned_llamacpp(work: Path) -> Any:
@@ -203,7 +203,7 @@ def stage_finetune(work: Path, args: argparse.Namespace, results: dict) -> None:
 
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    llm = hf_base(work)
+    llm = hf_base(work, args.dtype)
     load_s = time.perf_counter() - t0
     before = {}
     if args.resume:  # keep training the adapters of an earlier run (same data, same settings)
@@ -213,19 +213,34 @@ def stage_finetune(work: Path, args: argparse.Namespace, results: dict) -> None:
         before = json.loads((args.resume.parent / "results.json").read_text())["finetune"]["fit"]
     wm = LLMWorldModel(llm, target="diff", max_tokens=48, confidence=False)
     grid = distinct(load(work, "grid", "train"))
-    door = sample(distinct(load(work, "doorkey", "train")), args.fit_doorkey, 4)
-    train = grid + door
+    door = distinct(load(work, "doorkey", "train"))
+    if args.fit_doorkey:
+        door = sample(door, args.fit_doorkey, 4)
+    # repeats: the Grid's few pairs, and the transitions that change something (most answers are "no change")
+    changes = [t for t in door if t.state != t.next_state]
+    train = grid * args.grid_repeat + door + changes * (args.change_repeat - 1)
     random.Random(0).shuffle(train)
-    print(f"fine-tuning on {len(grid)} grid + {len(door)} doorkey distinct transitions", flush=True)
+    print(f"fine-tuning on {len(grid)} grid (x{args.grid_repeat}) + {len(door)} doorkey distinct transitions "
+          f"({len(changes)} that change the state, x{args.change_repeat})", flush=True)  # fmt: skip
+
+    def log(m: dict) -> None:
+        print({k: round(v, 3) for k, v in m.items()}, f"load {os.getloadavg()[0]:.1f}", flush=True)
+        if int(m["wm/step"]) % 100 == 0:  # a checkpoint now and then: a stopped run still leaves adapters
+            save_lora(llm.module, work / "wm-lora.safetensors")
+
     report = wm.fit(
-        train, epochs=args.epochs, lr=args.lr, rank=16, layers=args.layers, batch_size=8,
-        max_minutes=args.fit_minutes, log=lambda m: print({k: round(v, 3) for k, v in m.items()}, flush=True),
+        train, epochs=args.epochs, lr=args.lr, rank=16, layers=args.layers, batch_size=args.batch_size,
+        max_minutes=args.fit_minutes, log=log,
     )  # fmt: skip
     save_lora(llm.module, work / "wm-lora.safetensors")
     export_lora_gguf(llm.module, work / "wm-lora.gguf")
     (work / "adapters.json").write_text(json.dumps({"head": wm._head}))
     (work / "fit_pairs.json").write_text(json.dumps([[t.state, t.action] for t in train]))
-    fit = {**report.__dict__, "load_seconds": load_s, "grid_pairs": len(grid), "doorkey_pairs": len(door)}
+    fit = {
+        **report.__dict__, "load_seconds": load_s, "grid_pairs": len(grid), "doorkey_pairs": len(door),
+        "grid_repeat": args.grid_repeat, "change_repeat": args.change_repeat,
+        "dtype": args.dtype, "threads": args.threads, "load_average_end": os.getloadavg()[0],
+    }  # fmt: skip
     if before:
         fit["seconds_before_resume"], fit["steps_before_resume"] = before["seconds"], before["steps"]
     results["finetune"] = {"fit": fit}
@@ -243,6 +258,62 @@ def stage_finetune(work: Path, args: argparse.Namespace, results: dict) -> None:
     save(results, work)
 
 
+def plain_loss(module: Any, data: list) -> Any:
+    """The answer tokens' cross-entropy through the whole model (left padding puts every answer at the end;
+    logits only for the last positions), as the fine-tuning did before `_Tuner`."""
+    import torch
+
+    width = max(len(e.ids) for e in data)
+    ids = torch.zeros(len(data), width, dtype=torch.long)
+    mask = torch.zeros(len(data), width, dtype=torch.long)
+    labels = torch.full((len(data), width), -100)
+    for i, e in enumerate(data):
+        ids[i, width - len(e.ids) :], mask[i, width - len(e.ids) :] = torch.tensor(e.ids), 1
+        labels[i, width - len(e.ids) + e.prompt_len :] = torch.tensor(e.ids[e.prompt_len :])
+    keep = max(len(e.ids) - e.prompt_len for e in data)
+    logits = module(input_ids=ids, attention_mask=mask, logits_to_keep=keep + 1).logits[:, :-1].float()
+    return torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels[:, -keep:].reshape(-1), ignore_index=-100
+    )
+
+
+def stage_speed(work: Path, args: argparse.Namespace, results: dict) -> None:
+    """One fine-tuning step (forward + backward, 8 DoorKey examples, adapters on the last 6 layers) the
+    plain way (the whole model, logits for the answer's positions) vs `LLMWorldModel.fit`'s way, in
+    float32 and bfloat16, side by side; median of 3 after a warm-up."""
+
+    from llmrl.llm.lora import add_lora
+    from llmrl.roles.world_model import LLMWorldModel, _Tuner
+
+    batch = distinct(load(work, "doorkey", "train"))[: args.batch_size]
+    out: dict[str, Any] = {"threads": args.threads, "batch": len(batch)}
+    for dtype in ("float32", "bfloat16"):
+        llm = hf_base(work, dtype)
+        module, tok = llm.trainable()
+        wm = LLMWorldModel(llm, target="diff", confidence=False)
+        params = add_lora(module, rank=16, layers=6)
+        tuner = _Tuner(module, tok, batch_size=len(batch))
+        data = [tuner.example(wm.prompt(t.state, t.action), wm.completion(t)) for t in batch]
+
+        t0 = time.perf_counter()
+        tuner.cache_frozen(data)
+        out[f"{dtype}_frozen_pass_s"] = time.perf_counter() - t0
+        for name in ("plain", "fit"):
+            times = []
+            for _ in range(4):
+                t0 = time.perf_counter()
+                (plain_loss(module, data) if name == "plain" else tuner.loss(data)).backward()
+                times.append(time.perf_counter() - t0)
+                for p_ in params:
+                    p_.grad = None
+            out[f"{dtype}_{name}_step_s"] = float(np.median(times[1:]))
+        out[f"{dtype}_speedup"] = out[f"{dtype}_plain_step_s"] / out[f"{dtype}_fit_step_s"]
+        print(f"speed {dtype}: {out}", flush=True)
+    out["load_average"] = os.getloadavg()[0]
+    results["speed"] = out
+    save(results, work)
+
+
 def stage_eval(work: Path, args: argparse.Namespace, results: dict) -> None:
     from llmrl.roles.world_model import accuracy
 
@@ -250,15 +321,20 @@ def stage_eval(work: Path, args: argparse.Namespace, results: dict) -> None:
     wm = finetuned_model(work, llm)
     seen = {tuple(p) for p in json.loads((work / "fit_pairs.json").read_text())}
     for name in ("grid", "doorkey"):
-        test = sample(load(work, name, "test"), args.test_n, 3)
+        held_out = load(work, name, "test")
+        test = sample(held_out, args.test_n, 3) if args.test_n else held_out
         t1 = time.perf_counter()
         acc = accuracy(wm, test, batch_size=8)
         acc["seconds"] = time.perf_counter() - t1
+        acc["load_average"] = os.getloadavg()[0]
         acc["seen_in_training"] = float(np.mean([(t.state, t.action) in seen for t in test]))
         acc["no_change_baseline"] = float(np.mean([t.state == t.next_state for t in test]))
+        pairs = distinct(test)
+        acc["distinct_pairs"], acc["exact_distinct"] = float(len(pairs)), accuracy(wm, pairs)["exact"]
         unseen = [t for t in test if (t.state, t.action) not in seen]
         if unseen:
-            acc["exact_unseen"] = accuracy(wm, unseen)["exact"]
+            acc["n_unseen"], acc["exact_unseen"] = float(len(unseen)), accuracy(wm, unseen)["exact"]
+            acc["distinct_unseen_pairs"] = float(len(distinct(unseen)))
         acc["unparseable"] = float(wm.counters["unparseable"])
         results.setdefault("finetune", {})[name] = acc
         print(f"fine-tuned {name}: {acc}", flush=True)
@@ -271,7 +347,8 @@ def stage_gate(work: Path, args: argparse.Namespace, results: dict) -> None:
     llm = finetuned_llamacpp(work)
     wm = finetuned_model(work, llm, confidence=True)
     for name in ("grid", "doorkey"):
-        test = sample(load(work, name, "test"), args.test_n, 3)
+        held_out = load(work, name, "test")
+        test = sample(held_out, args.test_n, 3) if args.test_n else held_out
         p = wm.predict([t.state for t in test], [t.action for t in test])
         ok = np.array([n == t.next_state for n, t in zip(p.next_states, test)])
         keep = p.confidences >= 0.5
@@ -389,6 +466,93 @@ def stage_plan(work: Path, args: argparse.Namespace, results: dict) -> None:
     save(results, work)
 
 
+# -- imagination (Dyna) -------------------------------------------------------------------------------------
+
+DYNA_DQN = dict(
+    learning_starts=1000, exploration_fraction=0.5, exploration_final_eps=0.05, target_update_interval=500,
+    buffer_size=50_000, learning_rate=5e-4, net_arch=(128, 128), train_freq=4, n_step=5, log_interval=2500,
+)  # fmt: skip
+
+
+def features_env() -> Any:
+    """DoorKey-5x5 seen through the fully observable text's features: what real and imagined states share."""
+    import llmrl
+    from llmrl.envs import WithText
+    from llmrl.envs.transitions import FullMiniGridDescriber, MiniGridTextFeatures, TextFeatures
+
+    return TextFeatures(
+        WithText(llmrl.make(DOORKEY), describer=FullMiniGridDescriber()), MiniGridTextFeatures(5)
+    )
+
+
+def dyna_run(model: Any, seed: int, args: argparse.Namespace) -> dict[str, float]:
+    """DQN with (model given) or without imagined transitions; env steps until 20 greedy evaluation
+    episodes succeed 90% of the time (checked every `log_interval` steps), up to --dyna-steps."""
+    import llmrl
+    from llmrl.roles.world_model import Dyna
+
+    env = features_env()
+    if model is not None:
+        env = Dyna(env, model, ratio=args.dyna_ratio, min_confidence=args.dyna_gate, seed=seed)
+    fraction = args.dyna_fraction if model is not None else 0.0
+    agent = llmrl.DQN(env, seed=seed, imagined_fraction=fraction, **DYNA_DQN)
+    evaluation = features_env()
+    t0, reached, curve = time.perf_counter(), float("nan"), []
+
+    def check(a: Any, _m: dict) -> bool:
+        nonlocal reached
+        r = llmrl.evaluate(a, evaluation, n_episodes=20, seed=10_000 + seed)
+        success = float(np.mean(np.asarray(r.returns) > 0))
+        curve.append(success)
+        if success >= 0.9:
+            reached = float(a.num_timesteps)
+            return False
+        return True
+
+    agent.learn(args.dyna_steps, progress_bar=False, callback=check)
+    out = {"steps_to_90": reached, "seconds": time.perf_counter() - t0, "load_average": os.getloadavg()[0],
+           "last_success": curve[-1] if curve else float("nan"), "env_steps": float(agent.num_timesteps)}  # fmt: skip
+    if model is not None:
+        out.update(env.llmrl_metrics())
+    print(f"  seed {seed}: {out}", flush=True)
+    return out
+
+
+def stage_dyna(work: Path, args: argparse.Namespace, results: dict) -> None:
+    from llmrl.envs.transitions import MINIGRID_ACTIONS, FullMiniGridDescriber
+    from llmrl.roles.world_model import SimulatorModel
+
+    out: dict[str, Any] = {"settings": {**DYNA_DQN, "ratio": args.dyna_ratio, "fraction": args.dyna_fraction,
+                                        "gate": args.dyna_gate, "max_steps": args.dyna_steps}}  # fmt: skip
+    llm = None
+    for name in args.dyna_models.split(","):
+        runs = []
+        for seed in range(args.dyna_seeds):
+            if name == "none":
+                model = None
+            elif name == "simulator":
+                model = SimulatorModel(FullMiniGridDescriber(), MINIGRID_ACTIONS)
+            else:  # the fine-tuned LLM, one model (and its memory of predictions) for every seed
+                if llm is None:
+                    llm = finetuned_model(work, finetuned_llamacpp(work), confidence=args.dyna_gate > 0)
+                model = llm
+            runs.append(dyna_run(model, seed, args))
+            out[name] = {"runs": runs}  # saved after every run: a stopped benchmark keeps what it measured
+            results["dyna"] = out
+            save(results, work)
+        steps = [r["steps_to_90"] for r in runs]
+        out[name] = {
+            "runs": runs,
+            "reached": float(np.sum(np.isfinite(steps))),
+            "median_steps_to_90": float(np.median([x if np.isfinite(x) else np.inf for x in steps])),
+            "mean_seconds": float(np.mean([r["seconds"] for r in runs])),
+        }
+        print(f"dyna {name}: {out[name]['reached']:.0f}/{len(runs)} reach 90%, median steps "
+              f"{out[name]['median_steps_to_90']}", flush=True)  # fmt: skip
+        results["dyna"] = out
+        save(results, work)
+
+
 # -- glue ------------------------------------------------------------------------------------------------
 
 
@@ -410,21 +574,38 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=Path("/tmp/llmrl_world_model"))
     p.add_argument("--n", type=int, default=2000, help="transitions collected per dataset")
     p.add_argument("--zero-n", type=int, default=24, help="held-out transitions per dataset, zero-shot")
-    p.add_argument("--test-n", type=int, default=48, help="held-out transitions per dataset, fine-tuned")
     p.add_argument(
-        "--fit-doorkey", type=int, default=120, help="distinct DoorKey transitions to fine-tune on"
+        "--test-n", type=int, default=0, help="held-out transitions per dataset, fine-tuned (0: all of them)"
     )
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument(
+        "--fit-doorkey", type=int, default=0, help="distinct DoorKey transitions to fine-tune on (0: all)"
+    )
+    p.add_argument("--grid-repeat", type=int, default=1, help="copies of each Grid pair in an epoch")
+    p.add_argument(
+        "--change-repeat", type=int, default=1, help="copies of each DoorKey pair that changes the state"
+    )
+    p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--dtype", default="bfloat16", help="the transformers model's dtype while fine-tuning")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1 is fastest on a machine shared with others)"
+    )
     p.add_argument("--layers", type=int, default=6, help="decoder layers (from the top) that get adapters")
-    p.add_argument("--fit-minutes", type=float, default=20.0)
+    p.add_argument("--fit-minutes", type=float, default=30.0)
     p.add_argument("--resume", type=Path, default=None, help="adapters (.safetensors) to keep training")
     p.add_argument("--plan-episodes", type=int, default=6)
     p.add_argument("--plan-max-steps", type=int, default=40)
+    p.add_argument("--dyna-models", default="none,simulator,finetuned", help="none, simulator, finetuned")
+    p.add_argument("--dyna-seeds", type=int, default=5)
+    p.add_argument("--dyna-steps", type=int, default=60_000, help="env steps at most per DQN run")
+    p.add_argument("--dyna-ratio", type=float, default=1.0, help="imagined transitions per real env step")
+    p.add_argument("--dyna-fraction", type=float, default=0.5, help="share of each batch that is imagined")
+    p.add_argument("--dyna-gate", type=float, default=0.0, help="min confidence of an imagined transition")
     args = p.parse_args(argv)
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     results: dict = {"machine": versions()}
     stages = args.stages.split(",")
@@ -434,12 +615,16 @@ def main(argv: list[str] | None = None) -> int:
         stage_zeroshot(args.work, args.zero_n, results)
     if "finetune" in stages:
         stage_finetune(args.work, args, results)
+    if "speed" in stages:
+        stage_speed(args.work, args, results)
     if "eval" in stages:
         stage_eval(args.work, args, results)
     if "gate" in stages:
         stage_gate(args.work, args, results)
     if "plan" in stages:
         stage_plan(args.work, args, results)
+    if "dyna" in stages:
+        stage_dyna(args.work, args, results)
     print(json.dumps(results, indent=1))
     return 0
 

@@ -37,6 +37,7 @@ from llmrl.buffers import ReplayBatch, ReplayBuffer
 from llmrl.errors import ConfigError
 from llmrl.nets import Flatten, Obs, StackedMLP, build_encoder, has_image, mlp, obs_to_tensor, tree_map
 from llmrl.optim import FlatAdam
+from llmrl.training import env_chain
 
 __all__ = ["DQN", "DQNConfig", "QNetwork"]
 
@@ -96,6 +97,11 @@ class DQNConfig:
     slower; flushing them changes values below 1e-38 only. The flag is switched off after each round."""
     log_interval: int = 1000
     """Env steps per training iteration: how often metrics are logged and callbacks run."""
+    imagined_fraction: float = 0.0
+    """Dyna (Sutton 1990): the share of each batch drawn from imagined transitions, which a wrapper in the
+    env chain hands over through `llmrl_imagined()` after every env step (`llmrl.roles.world_model.Dyna`:
+    a world model's predictions). They are 1-step transitions in a buffer of their own (`buffer_size`
+    of them), as the replay buffer keeps each env's real steps consecutively. 0 = none."""
 
     def __post_init__(self) -> None:
         check_numbers(self)
@@ -131,6 +137,10 @@ class DQNConfig:
                   "use a sequence of positive layer widths, e.g. (256, 256)")  # fmt: skip
         check(self.buffer_size >= self.batch_size, "buffer_size", self.buffer_size,
               f"use at least batch_size={self.batch_size}")  # fmt: skip
+        check(0.0 <= self.imagined_fraction < 1.0, "imagined_fraction", self.imagined_fraction,
+              "use a share in [0, 1) of each batch, e.g. 0.5 (real transitions fill the rest)")  # fmt: skip
+        check(not (self.prioritized and self.imagined_fraction > 0), "imagined_fraction", self.imagined_fraction,
+              "imagined transitions are sampled uniformly; use prioritized=False with them")  # fmt: skip
 
 
 def _check_buffer_memory(space: gym.Space, size: int) -> None:
@@ -280,6 +290,20 @@ class DQN(Agent):
             optimize_memory=cfg.optimize_memory,
             seed=self.seed,
         )
+        # Dyna: imagined 1-step transitions, apart from the real ones (their slots are not consecutive steps)
+        self.imagined = (
+            ReplayBuffer(
+                self.observation_space,
+                self.action_space,
+                cfg.buffer_size,
+                num_envs=1,
+                gamma=cfg.gamma,
+                optimize_memory=False,
+                seed=self.seed + 2,
+            )  # fmt: skip
+            if cfg.imagined_fraction > 0
+            else None
+        )
         self.rng = np.random.default_rng(self.seed + 1)  # exploration draws
         self.n_updates = 0
         self._vector_steps = 0  # calls to env.step, for train_freq
@@ -349,6 +373,8 @@ class DQN(Agent):
                 for i in np.flatnonzero(mask):
                     buf.relabel(int(i), np.asarray(infos["reward_relabel"][i], dtype=np.float32))
             self._vector_steps += 1
+            if self.imagined is not None:
+                self._add_imagined()
 
             # Learn: gradient_steps updates every train_freq vector steps once learning has started.
             if (
@@ -377,7 +403,41 @@ class DQN(Agent):
         if updates:
             out["loss"] = float(loss_sum) / updates
             out["q_mean"] = float(q_sum) / updates
+        if self.imagined is not None:
+            out["imagined"] = float(len(self.imagined))
         return out
+
+    def _add_imagined(self) -> None:
+        """Store what the env chain's imagination sources (`llmrl_imagined()`) hand over after this step."""
+        sources = [o for o in env_chain(self.env) if callable(getattr(type(o), "llmrl_imagined", None))]
+        if not sources:
+            raise ConfigError(
+                "imagined_fraction > 0 needs a wrapper in the env chain that supplies imagined transitions "
+                "(llmrl_imagined()), e.g. llmrl.roles.world_model.Dyna(env, model)"
+            )
+        buf = self.imagined
+        if buf is None:
+            return
+        for source in sources:
+            got = source.llmrl_imagined()
+            if got is None:
+                continue
+            n = len(got["actions"])
+            no = np.zeros(1, dtype=bool)
+            for i in range(n):
+                one = slice(i, i + 1)
+
+                def row(x: Any, one: slice = one) -> Any:
+                    return np.asarray(x)[one]
+
+                buf.add(
+                    tree_map(row, got["obs"]),
+                    tree_map(row, got["next_obs"]),
+                    np.asarray(got["actions"])[one] - self._action_start,
+                    np.asarray(got["rewards"], dtype=np.float32)[one],
+                    np.asarray(got["terminated"], dtype=bool)[one],
+                    no,
+                )
 
     def _update_target(self) -> None:
         online: list[torch.Tensor] = list(self.q_net.parameters())
@@ -405,9 +465,17 @@ class DQN(Agent):
         per_draw = 1 if cfg.prioritized else max(1, min(gradient_steps, 8192 // cfg.batch_size))
         loss_sum, q_sum = torch.zeros(()), torch.zeros(())
         done = 0
+        # Dyna: m of each batch's rows are imagined (once there are any)
+        m = (
+            0
+            if self.imagined is None or len(self.imagined) == 0
+            else round(cfg.imagined_fraction * cfg.batch_size)
+        )
         while done < gradient_steps:
             k = min(per_draw, gradient_steps - done)
-            batch = buf.sample(k * cfg.batch_size, beta=beta)
+            batch = buf.sample(k * (cfg.batch_size - m), beta=beta)
+            if m:
+                batch = _mixed(batch, self.imagined.sample(k * m), k)  # type: ignore[union-attr]
             data = self._batch_tensors(batch)  # each (k * B, ...)
             with torch.no_grad():
                 next_q_target = self.q_target(data["next_obs"])  # (k*B, A)
@@ -546,6 +614,11 @@ class DQN(Agent):
             "last_target_step": self._last_target_step,
             "target_stale": self._target_stale,
             "exploration_rate": self.exploration_rate,
+            **(
+                {}
+                if self.imagined is None
+                else dict(zip(("imagined_arrays", "imagined_meta"), self.imagined.state_dict()))
+            ),
         }
 
     def _set_state(self, state: dict[str, Any]) -> None:
@@ -566,6 +639,24 @@ class DQN(Agent):
         self._last_target_step = int(state["last_target_step"])
         self._target_stale = bool(state["target_stale"])
         self.exploration_rate = float(state["exploration_rate"])
+        if self.imagined is not None and "imagined_meta" in state:
+            self.imagined.load_state_dict(state["imagined_arrays"], state["imagined_meta"])
+
+
+def _mixed(real: ReplayBatch, imagined: ReplayBatch, k: int) -> ReplayBatch:
+    """k batches side by side, each its share of `real` rows then its share of `imagined` rows."""
+    r, m = len(real.actions) // k, len(imagined.actions) // k
+    order = np.concatenate(
+        [np.r_[j * r : (j + 1) * r, k * r + j * m : k * r + (j + 1) * m] for j in range(k)]
+    )
+
+    def both(a: Any, b: Any) -> Any:
+        if isinstance(a, dict):
+            return {key: np.concatenate([a[key], b[key]])[order] for key in a}
+        return np.concatenate([a, b])[order]
+
+    return ReplayBatch(*(both(getattr(real, f), getattr(imagined, f)) for f in (
+        "obs", "actions", "returns", "next_obs", "discounts", "weights", "indices")))  # fmt: skip
 
 
 @contextmanager

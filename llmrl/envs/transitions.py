@@ -31,6 +31,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from llmrl.envs.adapters import BatchCore
 from llmrl.envs.grid import ACTION_NAMES, GridEnv
 from llmrl.envs.text import SnapshotDescriber, family_of
 from llmrl.envs.text_minigrid import MiniGridDescriber, MiniGridSnapshot
@@ -51,6 +52,8 @@ __all__ = [
     "state_diff",
     "apply_diff",
     "NO_CHANGE",
+    "MiniGridTextFeatures",
+    "TextFeatures",
 ]
 
 MINIGRID_ACTIONS = ("turn left", "turn right", "move forward", "pick up", "drop", "toggle", "done")
@@ -328,3 +331,99 @@ def split(
     train = [tr for tr in transitions if (tr.source, tr.episode) not in test_keys]
     test = [tr for tr in transitions if (tr.source, tr.episode) in test_keys]
     return train, test
+
+
+# -- observations that real and imagined states both give -------------------------------------------
+
+
+class MiniGridTextFeatures:
+    """A vector read from the fully observable MiniGrid text (`FullMiniGridDescriber`), so an agent sees
+    the same kind of observation in a real state and in a state a world model imagined (which exists
+    only as text). Shape (len(CHANNELS) * size * size + 5,), float32, values 0/1:
+
+    one plane per channel over the grid's cells (x right, y down, both 0..size-1; the outer wall is never
+    marked, as the text does not list it), then the facing one-hot (right, down, left, up) and whether
+    anything is carried. Colours are not encoded (one door and one key in DoorKey). A text that does not follow
+    the describer's format raises ValueError (a world model's parser rejects those before they get here).
+    """
+
+    CHANNELS = (
+        "agent",
+        "wall",
+        "goal",
+        "lava",
+        "key",
+        "ball",
+        "box",
+        "door locked",
+        "door closed",
+        "door open",
+    )
+
+    def __init__(self, size: int) -> None:
+        if size < 3:
+            raise ConfigError(f"a MiniGrid is at least 3 cells wide, got size={size}")
+        self.size = int(size)
+        self.dim = len(self.CHANNELS) * self.size**2 + 5
+
+    @property
+    def space(self) -> gym.spaces.Box:
+        return gym.spaces.Box(0.0, 1.0, (self.dim,), np.float32)
+
+    def _put(self, out: np.ndarray, channel: str, cell: str) -> None:
+        x, y = (int(v) for v in cell.split(","))
+        if not (0 <= x < self.size and 0 <= y < self.size):
+            raise ValueError(f"cell {cell!r} is outside a {self.size}x{self.size} grid")
+        out[(self.CHANNELS.index(channel) * self.size + y) * self.size + x] = 1.0
+
+    def __call__(self, text: str) -> np.ndarray:
+        out = np.zeros(self.dim, dtype=np.float32)
+        planes = len(self.CHANNELS) * self.size**2
+        for line in text.split("\n"):
+            name, sep, value = line.partition(": ")
+            if not sep:
+                raise ValueError(f"not a 'name: value' line: {line!r}")
+            if name == "agent":
+                cell, _, facing = value.partition(" facing ")
+                self._put(out, "agent", cell)
+                out[planes + _DIRECTIONS.index(facing)] = 1.0
+            elif name == "carrying":
+                out[planes + 4] = float(value != "nothing")
+            elif name == "walls":
+                for cell in value.split():
+                    if cell != "none":
+                        self._put(out, "wall", cell)
+            elif value != "carried":
+                cell, _, state = value.partition(" ")
+                kind = next(
+                    (k for k in ("goal", "lava", "key", "ball", "box", "door") if k in name.split()), None
+                )
+                if kind is None:
+                    raise ValueError(f"unknown object {name!r}")
+                self._put(out, f"door {state}" if kind == "door" else kind, cell)
+        return out
+
+
+class TextFeatures(BatchCore):
+    """The observation becomes `features(info["text"])` (e.g. `MiniGridTextFeatures` over the fully
+    observable text): what an agent needs when a world model's imagined states join its real ones.
+
+        env = TextFeatures(WithText(llmrl.make("MiniGrid-DoorKey-5x5-v0"), describer=FullMiniGridDescriber()),
+                           MiniGridTextFeatures(5))
+    """
+
+    def __init__(self, env: Any, features: Callable[[str], np.ndarray]) -> None:
+        if not isinstance(getattr(features, "space", None), gym.spaces.Box):
+            raise ConfigError(
+                "TextFeatures needs features with a `space` (a Box), e.g. MiniGridTextFeatures(5)"
+            )
+        self.features = features  # before the base class asks transform_space
+        super().__init__(env)
+
+    def transform_space(self, space: gym.Space) -> gym.Space:
+        return self.features.space  # type: ignore[attr-defined]
+
+    def process(self, obs, rewards, terminated, truncated, infos, starts):
+        if any("text" not in info for info in infos):
+            raise ConfigError("TextFeatures reads info['text']: wrap the env in llmrl.envs.WithText first")
+        return np.stack([self.features(info["text"]) for info in infos]), rewards

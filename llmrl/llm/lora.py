@@ -45,7 +45,8 @@ def _lora_class() -> Any:
     nn: Any = torch.nn
 
     class LoRALinear(nn.Module):
-        """A frozen nn.Linear plus a trainable low-rank update."""
+        """A frozen nn.Linear plus a trainable low-rank update, kept in float32 whatever the base's dtype
+        (a bfloat16 base runs at twice the speed on CPUs with bf16 instructions; Adam wants float32)."""
 
         def __init__(self, base: Any, rank: int, alpha: float, seed: int) -> None:
             super().__init__()
@@ -57,7 +58,9 @@ def _lora_class() -> Any:
             self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank, device=base.weight.device))
 
         def forward(self, x: Any) -> Any:
-            return self.base(x) + (x @ self.lora_a.T @ self.lora_b.T) * (self.alpha / self.rank)
+            y = self.base(x)
+            low = x.to(self.lora_a.dtype) @ self.lora_a.T @ self.lora_b.T  # (..., out), float32
+            return y + (low * (self.alpha / self.rank)).to(y.dtype)
 
     return LoRALinear
 

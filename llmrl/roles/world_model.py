@@ -7,6 +7,8 @@
     wm.fit(train, max_minutes=10)                        # LoRA fine-tuning on transitions (needs gradients)
 
     agent = WorldModelPlanner(wm, actions, value=my_value)   # agent.act(obs, info) reads info["text"]
+    env = Dyna(TextFeatures(WithText(env, describer=FullMiniGridDescriber()), MiniGridTextFeatures(5)), wm)
+    DQN(env, imagined_fraction=0.5)                      # imagined transitions in half of each batch
 
 The prompt shows the state text, the action and asks for the next state (or only the lines that change,
 `target="diff"`, see `llmrl.envs.transitions.state_diff`), then `reward: <number>` and `done: yes|no`.
@@ -49,6 +51,7 @@ __all__ = [
     "imagine",
     "accuracy",
     "WorldModelMonitor",
+    "Dyna",
 ]
 
 Target = Literal["full", "diff"]
@@ -274,8 +277,11 @@ class LLMWorldModel(WorldModel):
 
         Adapters (`llmrl.llm.lora.add_lora`: rank `rank`, alpha 2*rank) go on the value/output and MLP
         linears of the last `layers` decoder layers; everything else is frozen, so gradients flow through
-        those layers only, and the adapters export to llama.cpp (`export_lora_gguf`). Stops after
-        `epochs` or `max_minutes`. Afterwards the model answers without the few-shot examples (they are
+        those layers only, and the adapters export to llama.cpp (`export_lora_gguf`). The frozen layers run
+        once per example (their output is kept), and the last layer and the output layer only at the rows
+        that predict the answer: the exact loss of the whole model at ~1/10 of its cost on a CPU (a
+        bfloat16 model, `HFLLM(..., dtype="bfloat16")`, halves it again; the adapters stay float32).
+        Stops after `epochs` or `max_minutes` (checked after each step; it counts the frozen layers). Afterwards the model answers without the few-shot examples (they are
         dropped from the prompt) and under a new name, so no cached answer of the base model is reused.
         Needs a backend with gradients (`llmrl.llm.HFLLM`): others raise ConfigError.
         """
@@ -293,17 +299,16 @@ class LLMWorldModel(WorldModel):
         if self.manual:
             self._head = self.manual.strip() + "\n\n" + self._head
         params = add_lora(module, rank=rank, layers=layers, seed=seed)
-        device = next(module.parameters()).device
-        eos = tok.eos_token_id
-        data = []
-        for tr in transitions:
-            p = tok(self.prompt(tr.state, tr.action), add_special_tokens=True)["input_ids"]
-            c = tok(self.completion(tr).rstrip("\n") + _STOP, add_special_tokens=False)["input_ids"]
-            data.append((list(p), list(c) + ([eos] if eos is not None else [])))
+        t0 = time.perf_counter()
+        tuner = _Tuner(module, tok, batch_size=batch_size)
+        data = [
+            tuner.example(self.prompt(tr.state, tr.action), self.completion(tr).rstrip("\n") + _STOP)
+            for tr in transitions
+        ]
+        # the frozen layers run for each example the first time a batch holds it (so max_minutes holds)
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
         rng = np.random.default_rng(seed)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else (eos or 0)
-        t0, steps, losses = time.perf_counter(), 0, []
+        steps, losses = 0, []
         total_steps = epochs * math.ceil(len(data) / batch_size)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: min(1.0, (s + 1) / 10) * max(0.05, 1 - s / total_steps)
@@ -314,15 +319,7 @@ class LLMWorldModel(WorldModel):
         for epoch in range(epochs):  # noqa: B007 (reported below)
             order = rng.permutation(len(data))
             for b in range(0, len(data), batch_size):
-                batch = [data[int(i)] for i in order[b : b + batch_size]]
-                ids, mask, labels, keep = _left_padded(batch, pad)
-                ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
-                # logits only for the last `keep` positions: the (seq, 262k-vocab) head is most of the cost
-                out = module(input_ids=ids, attention_mask=mask, logits_to_keep=keep + 1)
-                logits = out.logits[:, :-1].float()  # (B, keep, V): position t predicts token t + 1
-                loss = torch.nn.functional.cross_entropy(
-                    logits.reshape(-1, logits.shape[-1]), labels[:, -keep:].reshape(-1), ignore_index=-100
-                )
+                loss = tuner.loss([data[int(i)] for i in order[b : b + batch_size]])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -334,6 +331,7 @@ class LLMWorldModel(WorldModel):
                     log(
                         {
                             "wm/loss": losses[-1],
+                            "wm/step": float(steps),
                             "wm/epoch": float(epoch),
                             "wm/seconds": time.perf_counter() - t0,
                         }
@@ -344,11 +342,8 @@ class LLMWorldModel(WorldModel):
             if stop:
                 break
         module.eval()
-        digest = hashlib.sha256(
-            repr(
-                (len(data), epochs, lr, rank, layers, seed, steps, self.target, [d[1][:8] for d in data[:64]])
-            ).encode()
-        ).hexdigest()[:12]
+        settings = (len(data), epochs, lr, rank, layers, seed, steps, self.target)
+        digest = hashlib.sha256(repr((settings, [d.ids[-8:] for d in data[:64]])).encode()).hexdigest()[:12]
         _rename(self.llm, f"+wm-lora-{digest}")
         self._memo.clear()
         return FitReport(
@@ -359,6 +354,7 @@ class LLMWorldModel(WorldModel):
             first_loss=float(np.mean(losses[:5])) if losses else float("nan"),
             last_loss=float(np.mean(losses[-5:])) if losses else float("nan"),
             trainable_parameters=int(sum(p.numel() for p in params)),
+            cache_seconds=tuner.frozen_seconds,
         )
 
 
@@ -373,23 +369,112 @@ class FitReport:
     first_loss: float
     last_loss: float
     trainable_parameters: int
+    cache_seconds: float = 0.0
+    """Of `seconds`, the time spent running the frozen lower layers once per example."""
 
 
-def _left_padded(batch: list[tuple[list[int], list[int]]], pad: int) -> tuple[Any, Any, Any, int]:
-    """(ids, attention mask, labels, k): left padding puts every output at the end, in the last k slots."""
-    import torch
+@dataclass
+class _Example:
+    """One fine-tuning sequence: token ids (prompt + answer), the prompt's length, the frozen layers' output."""
 
-    seqs = [p + c for p, c in batch]
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    labels = torch.full((len(seqs), width), -100, dtype=torch.long)
-    for i, ((_p, c), s) in enumerate(zip(batch, seqs)):
-        ids[i, width - len(s) :] = torch.tensor(s)
-        mask[i, width - len(s) :] = 1
-        labels[i, width - len(c) :] = torch.tensor(c)
-    keep = max(len(c) for _, c in batch)
-    return ids, mask, labels, keep
+    ids: list[int]
+    prompt_len: int
+    frozen: Any = None  # (len(ids) - 1, d): the input of the first adapted layer, computed once
+
+
+class _Tuner:
+    """The fine-tuning forward pass, done the way `LLMPolicy` trains on a CPU (see `roles/_decoder.py`).
+
+    The layers below the first adapted one are frozen, so their output for a sequence never changes: it is
+    computed once per example (`cache_frozen`) and each step runs only the adapted top layers. The last
+    layer and the 262k-word output layer run only at the rows that predict an answer token (the loss is
+    on those alone), so the result is the full model's cross-entropy at a fraction of the cost.
+    """
+
+    def __init__(self, module: Any, tok: Any, *, batch_size: int) -> None:
+        from llmrl.roles._decoder import Stack
+
+        self.stack, self.tok, self.batch_size = Stack(module), tok, batch_size
+        adapted = [
+            int(m.group(1))
+            for name, mod in module.named_modules()
+            if hasattr(mod, "lora_a") and (m := re.search(r"(?:^|\.)layers\.(\d+)\.", name))
+        ]
+        self.first = min(adapted) if adapted else len(self.stack.layers) - 1
+        eos = tok.eos_token_id
+        self.tail = [eos] if eos is not None else []
+        self.frozen_seconds = 0.0  # time spent in the frozen layers (FitReport.cache_seconds)
+
+    def example(self, prompt: str, answer: str) -> _Example:
+        p = list(self.tok(prompt, add_special_tokens=True)["input_ids"])
+        c = list(self.tok(answer, add_special_tokens=False)["input_ids"]) + self.tail
+        if len(p) + len(c) > self.stack.context:
+            raise ConfigError(
+                f"a fine-tuning example of {len(p) + len(c)} tokens is longer than the model's usable context "
+                f"({self.stack.context} tokens); shorten the state text"
+            )
+        return _Example(p + c, len(p))
+
+    def _batch(self, batch: Sequence[_Example]) -> tuple[Any, Any, Any]:
+        """Right-padded inputs' mask (B, 1, S, S) bool, positions (B, S) and lengths (B,)."""
+        import torch
+
+        lengths = torch.tensor([len(e.ids) - 1 for e in batch])  # the last token is only a target
+        S = int(lengths.max())
+        causal = torch.ones(S, S, dtype=torch.bool).tril()
+        real = torch.arange(S)[None, :] < lengths[:, None]  # (B, S)
+        mask = (causal[None] & real[:, None, :])[:, None]
+        mask |= torch.eye(S, dtype=torch.bool)[None, None]  # padding rows attend to themselves only
+        pos = torch.arange(S)[None].expand(len(batch), S)
+        return mask, pos, lengths
+
+    def cache_frozen(self, data: Sequence[_Example]) -> None:
+        """Run the frozen lower layers once for every example not seen before (batched, no graph)."""
+        import torch
+
+        t0 = time.perf_counter()
+        todo = [e for e in data if e.frozen is None]
+        stack = self.stack
+        with torch.no_grad():
+            for b in range(0, len(todo), self.batch_size):
+                chunk = todo[b : b + self.batch_size]
+                mask, pos, lengths = self._batch(chunk)
+                ids = torch.zeros(mask.shape[0], mask.shape[-1], dtype=torch.long)
+                for i, e in enumerate(chunk):
+                    ids[i, : len(e.ids) - 1] = torch.tensor(e.ids[:-1])
+                h = stack.run(stack.embed(ids), 0, self.first, mask, pos)  # (B, S, d)
+                for i, e in enumerate(chunk):
+                    e.frozen = h[i, : int(lengths[i])].clone()
+        self.frozen_seconds += time.perf_counter() - t0
+
+    def loss(self, batch: Sequence[_Example]) -> Any:
+        """Mean cross-entropy of the answer tokens (the eos included) over `batch`, with a graph."""
+        import torch
+
+        stack = self.stack
+        self.cache_frozen(batch)
+        mask, pos, lengths = self._batch(batch)
+        B, S = pos.shape
+        x = batch[0].frozen.new_zeros(B, S, batch[0].frozen.shape[-1])
+        for i, e in enumerate(batch):
+            x[i, : e.frozen.shape[0]] = e.frozen
+        # row t predicts token t + 1: the answer's tokens are predicted by rows P - 1 .. len - 2
+        n_ans = [len(e.ids) - e.prompt_len for e in batch]
+        R = max(n_ans)
+        rows = torch.tensor(
+            [[e.prompt_len - 1 + min(j, n - 1) for j in range(R)] for e, n in zip(batch, n_ans)]
+        )
+        valid = torch.arange(R)[None, :] < torch.tensor(n_ans)[:, None]  # (B, R)
+        targets = torch.tensor([e.ids[e.prompt_len :] + [0] * (R - n) for e, n in zip(batch, n_ans)])
+        last = len(stack.layers) - 1
+        if stack.fast_rows:  # the last layer only where its output is read
+            h = stack.run(x, self.first, last, mask, pos)
+            h = stack.last_rows(h, mask, pos, rows)  # (B, R, d)
+        else:
+            h = stack.run(x, self.first, last + 1, mask, pos)
+            h = h[torch.arange(B)[:, None], rows]
+        logits = stack.logits(stack.final_norm(h[valid]), None).float()  # (answer tokens, vocab)
+        return torch.nn.functional.cross_entropy(logits, targets[valid])
 
 
 def _trainable(llm: Any) -> tuple[Any, Any]:
@@ -670,3 +755,112 @@ class WorldModelMonitor(RoleWrapper):
             out["wm/unparseable"] = float(self.model.counters["unparseable"])
             out.update(self.llm.stats.as_dict())
         return out
+
+
+# -- imagination: Dyna-style transitions for an agent's replay ---------------------------------------------
+
+
+class Dyna(RoleWrapper):
+    """Imagined transitions from a world model for an agent that learns from replay (Dyna, Sutton 1990).
+
+        env = TextFeatures(WithText(make("MiniGrid-DoorKey-5x5-v0"), describer=FullMiniGridDescriber()),
+                           MiniGridTextFeatures(5))
+        env = Dyna(env, world_model, ratio=1.0, min_confidence=0.5)
+        DQN(env, imagined_fraction=0.5).learn(50_000)
+
+    It remembers the distinct state texts the real env visited (`info["text"]`, the last `memory` of
+    them) and owes `ratio` imagined transitions per real env step. `llmrl_imagined()` (the agent calls it
+    after each step) draws that many (remembered state, random action) pairs, asks the model in one
+    batch, and returns the predictions that are valid and at least `min_confidence` (the gate) as arrays:
+    obs / next_obs through `features` (default: the `TextFeatures` wrapper's below, so real and imagined
+    observations are made alike), actions, rewards, terminated. The env itself is unchanged.
+    A model with `observe(env)` (`SimulatorModel`, the true dynamics) is shown every real state.
+    """
+
+    def __init__(
+        self,
+        env: Any,
+        model: WorldModel,
+        *,
+        ratio: float = 1.0,
+        min_confidence: float = 0.0,
+        features: Callable[[str], np.ndarray] | None = None,
+        actions: Sequence[str] | None = None,
+        memory: int = 10_000,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(env)
+        if not (ratio > 0 and math.isfinite(ratio)) or memory < 1 or not 0.0 <= min_confidence <= 1.0:
+            raise ConfigError(
+                f"Dyna needs ratio > 0, memory >= 1 and min_confidence in [0, 1]; got {ratio}, {memory}, "
+                f"{min_confidence}"
+            )
+        self.model, self.ratio, self.min_confidence, self.memory = model, float(ratio), min_confidence, memory
+        self.words = tuple(actions) if actions is not None else _action_words(env)
+        self.features = features if features is not None else _features_below(env)
+        self._observe = getattr(model, "observe", None)
+        if self._observe is not None and self.is_vector and getattr(env, "envs", None) is None:
+            raise ConfigError(
+                "a model that observes the env (SimulatorModel) needs a sync vector env (env.envs)"
+            )
+        self._states: dict[str, None] = {}  # insertion-ordered set: the oldest is dropped first
+        self._owed = 0.0
+        self.rng = np.random.default_rng(seed)
+        self.counters = {"asked": 0, "imagined": 0, "invalid": 0, "gated": 0}
+
+    def process(self, obs, rewards, terminated, truncated, infos, starts):
+        for i, info in enumerate(infos):
+            if "text" not in info:
+                raise ConfigError("Dyna reads info['text']: wrap the env in llmrl.envs.WithText")
+            if terminated[i] or truncated[i]:
+                continue  # an episode's last state is never acted in
+            new = self._states.pop(info["text"], 0) is not None
+            self._states[info["text"]] = None
+            if new and self._observe is not None:  # the simulator copies each state once
+                self._observe(self.env.envs[i] if self.is_vector else self.env)
+        while len(self._states) > self.memory:
+            del self._states[next(iter(self._states))]
+        self._owed += self.ratio * (0 if starts.all() else len(infos))
+        return obs, rewards
+
+    def llmrl_imagined(self) -> dict[str, np.ndarray] | None:
+        """The imagined transitions owed so far (None when none are due or none pass the gate)."""
+        n = int(self._owed)
+        if n < 1 or not self._states:
+            return None
+        self._owed -= n
+        known = list(self._states)
+        states = [known[int(i)] for i in self.rng.integers(len(known), size=n)]
+        action_ids = self.rng.integers(len(self.words), size=n)
+        p = self.model.predict(states, [self.words[int(a)] for a in action_ids])
+        keep = np.flatnonzero(p.valid & (p.confidences >= self.min_confidence))
+        self.counters["asked"] += n
+        self.counters["invalid"] += int((~p.valid).sum())
+        self.counters["gated"] += int(p.valid.sum()) - len(keep)
+        self.counters["imagined"] += len(keep)
+        if not len(keep):
+            return None
+        return {
+            "obs": np.stack([self.features(states[i]) for i in keep]),
+            "actions": action_ids[keep].astype(np.int64),
+            "rewards": p.rewards[keep].astype(np.float32),
+            "next_obs": np.stack([self.features(str(p.next_states[i])) for i in keep]),  # valid: not None
+            "terminated": p.dones[keep].astype(bool),
+        }
+
+    def llmrl_metrics(self) -> dict[str, float]:
+        return {f"dyna/{k}": float(v) for k, v in self.counters.items()}
+
+
+def _features_below(env: Any) -> Callable[[str], np.ndarray]:
+    from llmrl.envs.transitions import TextFeatures
+
+    e = env
+    while e is not None:
+        if isinstance(e, TextFeatures):
+            return e.features
+        e = getattr(e, "env", None)
+    raise ConfigError(
+        "Dyna needs features(text) -> observation: pass features=..., or wrap the env in "
+        "llmrl.envs.transitions.TextFeatures first (the agent then sees the same features)"
+    )

@@ -249,3 +249,39 @@ def test_direct_acting_gives_the_module_forward_values():
     with torch.no_grad():
         expected = net(torch.as_tensor(obs, dtype=torch.float32)).numpy()
     np.testing.assert_allclose(net.act_values(obs), expected, rtol=1e-6, atol=1e-6)
+
+
+class _Imagination(gym.Wrapper):
+    """Hands over two fixed imagined transitions after every step (obs 0.5 -> reward 7), as a world model's
+    Dyna wrapper would."""
+
+    def llmrl_imagined(self):
+        obs = np.full((2, 2), 0.5, np.float32)
+        return {"obs": obs, "next_obs": obs, "actions": np.array([0, 1]), "rewards": np.array([7.0, 7.0]),
+                "terminated": np.array([True, True])}  # fmt: skip
+
+
+def test_imagined_transitions_fill_their_share_of_each_batch(tmp_path):
+    agent = DQN(_Imagination(ToyEnv()), seed=0, imagined_fraction=0.25, **SMALL)
+    agent.learn(100, progress_bar=False)
+    assert len(agent.imagined) == 2 * agent._vector_steps and agent.n_updates > 0  # 2 per step, kept apart
+    # the batches: per gradient step, 12 real rows then 4 imagined ones (reward 7, terminal)
+    real, imagined = agent.buffer.sample(2 * 12), agent.imagined.sample(2 * 4)
+    from llmrl.agents.dqn import _mixed
+
+    mixed = _mixed(real, imagined, 2)
+    is_imagined = mixed.returns == 7.0
+    assert is_imagined.tolist() == ([False] * 12 + [True] * 4) * 2
+    assert (mixed.discounts[is_imagined] == 0).all() and (mixed.obs[is_imagined] == 0.5).all()
+    agent.save(tmp_path / "ckpt")  # the imagined buffer is part of the checkpoint
+    loaded = DQN.load(tmp_path / "ckpt", env=_Imagination(ToyEnv()))
+    np.testing.assert_array_equal(loaded.imagined.rewards, agent.imagined.rewards)
+
+
+def test_imagined_fraction_needs_a_source_and_uniform_replay():
+    with pytest.raises(ConfigError, match="prioritized=False"):
+        DQN(ToyEnv(), imagined_fraction=0.5, prioritized=True, **SMALL)
+    with pytest.raises(ConfigError, match="imagined_fraction"):
+        DQN(ToyEnv(), imagined_fraction=1.0, **SMALL)
+    with pytest.raises(ConfigError, match="llmrl_imagined"):
+        DQN(ToyEnv(), imagined_fraction=0.5, **SMALL).learn(10, progress_bar=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 import llmrl
@@ -69,3 +70,43 @@ def test_split_keeps_episodes_whole():
     assert not {t.episode for t in train} & {t.episode for t in test}
     with pytest.raises(ConfigError):
         split(data, test_fraction=1.0)
+
+
+def test_minigrid_text_features_read_the_state():
+    pytest.importorskip("minigrid")
+    from llmrl.envs import WithText
+    from llmrl.envs.transitions import MiniGridTextFeatures, TextFeatures
+
+    f = MiniGridTextFeatures(5)
+    text = "agent: 1,3 facing up\ncarrying: nothing\ngoal: 3,3\nyellow door: 2,1 locked\nyellow key: 1,2\nwalls: 2,2 2,3"
+    v = f(text).reshape(-1)
+    planes = v[:-5].reshape(len(f.CHANNELS), 5, 5)  # (channel, y, x)
+    on = {(f.CHANNELS[c], x, y) for c, y, x in zip(*np.nonzero(planes))}
+    assert on == {
+        ("agent", 1, 3),
+        ("goal", 3, 3),
+        ("door locked", 2, 1),
+        ("key", 1, 2),
+        ("wall", 2, 2),
+        ("wall", 2, 3),
+    }
+    assert v[-5:].tolist() == [0, 0, 0, 1, 0]  # facing up, carrying nothing
+    carried = f(
+        text.replace("carrying: nothing", "carrying: yellow key").replace(
+            "yellow key: 1,2", "yellow key: carried"
+        )
+    )
+    assert (
+        carried[-1] == 1
+        and carried[f.CHANNELS.index("key") * 25 : (f.CHANNELS.index("key") + 1) * 25].sum() == 0
+    )
+    with pytest.raises(ValueError):
+        f(text.replace("1,3", "7,3"))
+    # the wrapper gives exactly the features of the text it shows
+    env = TextFeatures(WithText(llmrl.make("MiniGrid-DoorKey-5x5-v0"), describer=FullMiniGridDescriber()), f)
+    obs, info = env.reset(seed=0)
+    assert env.observation_space.contains(obs) and np.array_equal(obs, f(info["text"]))
+    obs, *_, info = env.step(2)
+    assert np.array_equal(obs, f(info["text"]))
+    with pytest.raises(ConfigError, match="space"):
+        TextFeatures(env, lambda text: np.zeros(3))

