@@ -280,12 +280,13 @@ def test_embedded_gemma_forward_backward_and_checkpoint(gemma, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # ~10 minutes on a loaded 2-core machine
-@pytest.mark.xfail(strict=False, reason="measured once: mean return 0.37 -> 0.31 after 2,048 steps (seed 0); "
-                   "2,048 steps from pixels do not reliably beat the untrained policy (benchmarks/RESULTS.md)")  # fmt: skip
 def test_smoke_learning_from_pixels_on_a_go_to_task(gemma):
     """A short version of `benchmarks/vlm_policy.py compare` (its settings, all missions): PPO training the
     encoder and heads through the frozen embedded model raises BabyAI-GoToLocalS5N2's mean return over the
-    untrained policy's within 2,048 env steps."""
+    untrained policy's within 2,048 env steps.
+
+    Not met yet: measured once, mean return 0.37 before and 0.31 after (seed 0; benchmarks/RESULTS.md, "VLM as
+    the policy"). Left failing on purpose, in the slow tier, until the VLM policy learns at this budget."""
     torch.set_num_threads(2)
     env = llmrl.make(GO_TO, num_envs=16)
     policy = VLMPolicy(gemma, GLAM_ACTIONS[:3], image_shape=frame_space(env).shape, frozen_dtype="bfloat16")
