@@ -40,7 +40,7 @@ import llmrl
 from llmrl.agents import PPO
 from llmrl.evaluate import evaluate
 from llmrl.llm.hf import HFLLM
-from llmrl.roles.policy import GLAM_ACTIONS, LLMPolicy, _entry_bytes, _inject_lora
+from llmrl.roles.policy import GLAM_ACTIONS, LLMPolicy, _inject_lora
 
 MACHINE = "2-core AMD EPYC (avx512_bf16, no AMX), machine shared with other jobs"
 LEARN_ENV = "BabyAI-GoToRedBallNoDists-v0"
@@ -129,7 +129,7 @@ def save_cache(policy: LLMPolicy, path: str) -> None:
     from safetensors.torch import save_file
 
     tensors, meta = {}, []
-    for key, entry in policy._cache.items():
+    for key, entry in policy._cache.entries.items():
         parts = []
         for j, x in enumerate(entry):
             if isinstance(x, torch.Tensor):
@@ -149,7 +149,7 @@ def load_cache(policy: LLMPolicy, path: str) -> int:
         for i, (text, parts) in enumerate(meta):
             entry = tuple(f.get_tensor(f"{i}.{j}") if p is None else p for j, p in enumerate(parts))
             key = policy.texts.intern(text)
-            policy._remember(key, entry, _entry_bytes(entry))
+            policy._cache.put(key, entry)
             if policy.first_trained == len(policy.stack.layers):  # heads: the states count for the statistics
                 policy._count(key, entry[1])
     return len(meta)

@@ -278,10 +278,8 @@ class LLMPolicy(nn.Module):
         self.task, self.template, self.history = task, template, int(history)
         self.train_mode, self.normalise, self.vocab = train, normalise, vocab
         self.texts = TextTable(int(max_texts))
-        self.cache_bytes = int(cache_mb * 2**20)
-        self._cache: OrderedDict[int, Any] = OrderedDict()
         self._stats = {"states": 0, "hits": 0, "misses": 0, "seconds": 0.0, "cache_mb": 0.0}
-        self._cached_bytes = 0
+        self._cache = StateCache(cache_mb, self._stats)
         self.n = len(self.actions)
         words = torch.tensor([len(a.split()) for a in self.actions], dtype=torch.float32)
         # the LLM is held outside the module tree: the policy's state (checkpoints) is adapters + heads only
@@ -425,14 +423,12 @@ class LLMPolicy(nn.Module):
     def _zero_shot(self, key: int) -> torch.Tensor:
         hit = self._cache.get(key)
         if hit is not None:
-            self._stats["hits"] += 1
             return hit
-        self._stats["misses"] += 1
         scores = np.asarray(
             self.llm.score(self.texts[key], [" " + a for a in self.actions]), dtype=np.float32
         )
         out = torch.as_tensor(scores) / self.norm
-        self._remember(key, out, out.numel() * 4)
+        self._cache.put(key, out)
         return out
 
     # -- structure of one packed sequence: prompt, then every action's tokens ----------------------------
@@ -507,10 +503,7 @@ class LLMPolicy(nn.Module):
         """The frozen computation for one state, from the cache or computed now (without a graph)."""
         hit = self._cache.get(key)
         if hit is not None:
-            self._cache.move_to_end(key)
-            self._stats["hits"] += 1
             return hit
-        self._stats["misses"] += 1
         # normal tensors even inside PPO's inference_mode rollout: the update's autograd reuses them
         with torch.inference_mode(False), torch.no_grad():
             seq, P = self._sequence(key)
@@ -519,27 +512,17 @@ class LLMPolicy(nn.Module):
             h = self._frozen(seq, mask, pos)  # (1, S, d)
             if self.first_trained < len(stack.layers):
                 entry: Any = (h[0].to(self.frozen_dtype).clone(), P)  # bfloat16 halves the cache
-                size = h[0].numel() * h.element_size()
             else:
                 h = stack.final_norm(h[0, self._rows([P])[0]])[None]  # (1, R, d)
                 entry = (self._action_scores(h)[0], h[0, 0].float().clone())
                 self._count(key, entry[1])
-                size = (self.n + h.shape[-1]) * 4
-        self._remember(key, entry, size)
+        self._cache.put(key, entry)
         return entry
 
     def _frozen(self, seq: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """The frozen layers over one packed sequence (S,) -> float32 hidden states (1, S, d)."""
         h = self.stack.embed(seq[None]).to(self.frozen_dtype)
         return self.stack.run(h, 0, self.first_trained, mask, pos).float()
-
-    def _remember(self, key: int, entry: Any, size: int) -> None:
-        self._cache[key] = entry
-        self._cached_bytes += size
-        while self._cached_bytes > self.cache_bytes and len(self._cache) > 1:
-            _, old = self._cache.popitem(last=False)
-            self._cached_bytes -= _entry_bytes(old)
-        self._stats["cache_mb"] = self._cached_bytes / 2**20
 
     def _upper(self, entries: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """The trainable top layers over cached inputs, batched (right-padded), then scores and value."""
@@ -583,11 +566,51 @@ class LLMPolicy(nn.Module):
         self.texts.load(state["texts"])
         self._counted = set(state.get("counted", ()))
         self._cache.clear()
-        self._cached_bytes = 0
 
 
-def _entry_bytes(entry: Any) -> int:
-    return sum(t.numel() * t.element_size() for t in entry if isinstance(t, torch.Tensor))
+def tensor_bytes(entry: Any) -> int:
+    """Bytes held by the tensors in `entry` (a tensor, or nested tuples and lists of them)."""
+    if isinstance(entry, torch.Tensor):
+        return entry.numel() * entry.element_size()
+    if isinstance(entry, (tuple, list)):
+        return sum(tensor_bytes(e) for e in entry)
+    return 0
+
+
+class StateCache:
+    """Per-state results of the frozen model, least recently used dropped first once over `limit_mb`.
+
+    Counts hits and misses (and its size, `cache_mb`) into `stats`, the policy's training-log counters.
+    """
+
+    def __init__(self, limit_mb: float, stats: dict[str, float]) -> None:
+        self.limit = int(limit_mb * 2**20)
+        self.stats = stats
+        self.entries: OrderedDict[int, Any] = OrderedDict()
+        self.bytes = 0
+
+    def get(self, key: int) -> Any | None:
+        """The entry for `key` (now the most recently used), or None (a miss, counted)."""
+        hit = self.entries.get(key)
+        if hit is None:
+            self.stats["misses"] += 1
+            return None
+        self.entries.move_to_end(key)
+        self.stats["hits"] += 1
+        return hit
+
+    def put(self, key: int, entry: Any) -> None:
+        self.entries[key] = entry
+        self.bytes += tensor_bytes(entry)
+        while self.bytes > self.limit and len(self.entries) > 1:
+            _, old = self.entries.popitem(last=False)
+            self.bytes -= tensor_bytes(old)
+        self.stats["cache_mb"] = self.bytes / 2**20
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.bytes = 0
+        self.stats["cache_mb"] = 0.0
 
 
 def _norm_divisor(normalise: str, n_tokens: Sequence[float], words: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,6 @@ zero-initialised residual adapter, and its language model is the frozen model.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -44,6 +43,7 @@ from llmrl.nets import build_encoder, image_channels_first, is_image_space
 from llmrl.roles._decoder import KV, Stack, fast_rows_supported, layer_rows, prefix_cache
 from llmrl.roles.policy import (
     PolicyObservation,
+    StateCache,
     TextTable,
     action_names,
     check_action_space,
@@ -258,10 +258,8 @@ class VLMPolicy(nn.Module):
         self.n_layers = n_layers if layers is None else layers
         self.tokens, self.task, self.template, self.encoder_kind = tokens, task, template, encoder
         self.instructions = TextTable(int(max_texts))
-        self.cache_bytes = int(cache_mb * 2**20)
-        self._cache: OrderedDict[int, tuple[list[KV], int]] = OrderedDict()
-        self._cached_bytes = 0
         self._stats = {"steps": 0, "hits": 0, "misses": 0, "seconds": 0.0, "model_seconds": 0.0}
+        self._cache = StateCache(cache_mb, self._stats)
         for p in net.parameters():
             p.requires_grad_(False)
         for layer in self.stack.layers[: self.n_layers]:  # in place: the frozen layers are ours to run
@@ -397,10 +395,7 @@ class VLMPolicy(nn.Module):
         """The instruction's keys and values in every layer, from the cache or computed now."""
         hit = self._cache.get(key)
         if hit is not None:
-            self._cache.move_to_end(key)
-            self._stats["hits"] += 1
             return hit
-        self._stats["misses"] += 1
         # normal tensors even inside PPO's inference_mode rollout: the update's autograd reuses them
         with torch.inference_mode(False), torch.no_grad():
             ids = torch.tensor(list(self.llm.tokenizer(self.instructions[key])["input_ids"]))
@@ -411,11 +406,7 @@ class VLMPolicy(nn.Module):
                 )
             kv = prefix_cache(self.stack, ids, stop=self.n_layers)
         entry = (kv, len(ids))
-        self._cache[key] = entry
-        self._cached_bytes += sum(t.numel() * t.element_size() for pair in kv for t in pair)
-        while self._cached_bytes > self.cache_bytes and len(self._cache) > 1:
-            _, (old, _) = self._cache.popitem(last=False)
-            self._cached_bytes -= sum(t.numel() * t.element_size() for pair in old for t in pair)
+        self._cache.put(key, entry)
         return entry
 
     def _check_prefix_length(self) -> None:
@@ -434,7 +425,6 @@ class VLMPolicy(nn.Module):
     def set_extra_state(self, state: Any) -> None:
         self.instructions.load(state["instructions"])
         self._cache.clear()
-        self._cached_bytes = 0
 
 
 def _pad_stack(ts: Sequence[torch.Tensor], length: int) -> torch.Tensor:

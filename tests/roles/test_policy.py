@@ -355,3 +355,19 @@ def test_policy_role_trains_evaluates_and_draws_through_the_experiments_layer(ti
     assert (run / "checkpoint").is_dir()
     assert evaluate_run(EvalConfig(run=run, episodes=2))["episodes"] == 2
     assert gif(GifConfig(run=run, max_steps=3, advice=False)).stat().st_size > 0
+
+
+def test_state_cache_drops_the_least_recently_used_and_counts():
+    from llmrl.roles.policy import StateCache
+
+    stats = {"hits": 0, "misses": 0, "cache_mb": 0.0}
+    cache = StateCache(limit_mb=2 * 4096 / 2**20, stats=stats)  # room for two 4 KiB entries
+    for key in range(2):
+        assert cache.get(key) is None
+        cache.put(key, (torch.zeros(1024), 7))  # 1,024 float32 = 4 KiB, plus a non-tensor part
+    assert cache.get(0) is not None  # 0 is now the most recently used...
+    cache.put(2, (torch.zeros(1024), 7))  # ...so 1 goes
+    assert cache.get(1) is None and cache.get(0) is not None and cache.get(2) is not None
+    assert stats == {"hits": 3, "misses": 3, "cache_mb": 2 * 4096 / 2**20}
+    cache.clear()
+    assert cache.get(0) is None and stats["cache_mb"] == 0.0
