@@ -530,7 +530,8 @@ class LLMPolicy(nn.Module):
         lengths = [P for _, P in entries]
         total = max(h.shape[0] for h, _ in entries)
         d = entries[0][0].shape[-1]
-        x = torch.zeros(len(entries), total, d)
+        # float32 on the cache's device (the cache may hold bfloat16)
+        x = entries[0][0].new_zeros(len(entries), total, d, dtype=torch.float32)
         for b, (h, _) in enumerate(entries):
             x[b, : h.shape[0]] = h
         mask, pos = self._mask_positions(lengths, total)
