@@ -1,6 +1,7 @@
 """The VLM as the policy (LLaRP-style) against the LLM policy and plain PPO, on a BabyAI go-to task.
 
     python benchmarks/vlm_policy.py compare --seeds 0 1 --steps 2048   # 1 + 2: learning, held-out missions
+    python benchmarks/vlm_policy.py compare --strict --steps 20480     # where the words must be read
     python benchmarks/vlm_policy.py speed                                # 3: what a training step costs
 
 `compare` trains three agents with the same PPO settings, env steps and seeds on BabyAI-GoToLocalS5N2-v0
@@ -17,6 +18,13 @@ and `untrained` (the conv agent before any update: nearly uniform over the three
 Then each is evaluated (sampled actions) on fresh episodes of the training missions and of the held-out
 ones: LLaRP's question is whether the frozen language model carries the policy to instructions it was
 not trained on, where the multi-hot input of a held-out pair is a combination the conv net never saw.
+Two more evaluations say whether an agent reads the words at all:
+- `paraphrased`: every mission in words no agent trained on ("walk up to the crimson sphere");
+- `misled`: the mission names the *other* object while success is still judged on the real target — an
+  agent that follows the words loses success here, one that ignores them keeps it.
+`--strict` ends an episode unrewarded when the agent faces the wrong object (`WrongObjectEnds`), in
+training and evaluation: in the plain task going to the nearest object succeeds ~80% of the time, so a
+language-blind agent looks good; under `--strict` it gets a coin flip.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -50,6 +59,9 @@ COLOURS = ("red", "green", "blue", "purple", "yellow", "grey")
 TYPES = ("ball", "box", "key")
 HELD_OUT = {("red", "ball"), ("green", "box"), ("blue", "key"), ("purple", "ball"), ("yellow", "box"),
             ("grey", "key")}  # fmt: skip
+PARAPHRASES = {"go to the": "walk up to the", "red": "crimson", "green": "lime", "blue": "navy",
+               "purple": "violet", "yellow": "golden", "grey": "silver", "ball": "sphere", "box": "crate"}  # fmt: skip
+"""Words no agent trains on, for the paraphrase split (a key stays a key)."""
 PPO_SETTINGS = dict(n_steps=16, batch_size=64, n_epochs=2, learning_rate=3e-4, ent_coef=0.01, gamma=0.99,
                     gae_lambda=0.95, clip_range=0.2, max_grad_norm=0.5)  # fmt: skip
 
@@ -74,6 +86,31 @@ class Missions(gym.Wrapper):
         return obs, info
 
 
+class Paraphrased(gym.Wrapper):
+    """The mission in other words (`PARAPHRASES`), set on the env, where every method reads it."""
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict]:
+        obs, info = self.env.reset(**kwargs)
+        u: Any = self.env.unwrapped
+        for old, new in PARAPHRASES.items():
+            u.mission = re.sub(rf"\b{old}\b", new, u.mission)
+        return obs, info
+
+
+class Misled(gym.Wrapper):
+    """The mission names the other object in the room; success is still judged on the real target. An agent
+    that follows the words succeeds less here; one that ignores them succeeds as often as with the truth."""
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict]:
+        obs, info = self.env.reset(**kwargs)
+        u: Any = self.env.unwrapped
+        goal = (u.instrs.desc.color, u.instrs.desc.type)
+        others = [(c.color, c.type) for c in u.grid.grid if c is not None and c.type in TYPES]
+        other = next((o for o in others if o != goal), goal)
+        u.mission = f"go to the {other[0]} {other[1]}"
+        return obs, info
+
+
 class PixelsAndWords(gym.ObservationWrapper):
     """The agent's view as a 56x56 RGB image and the mission's colour and type words multi-hot."""
 
@@ -93,6 +130,24 @@ class PixelsAndWords(gym.ObservationWrapper):
                 "words": np.array([w in words for w in self.WORDS], np.float32)}  # fmt: skip
 
 
+class WrongObjectEnds(gym.Wrapper):
+    """Facing the other object ends the episode unrewarded (`--strict`): going to the nearest object is then a
+    coin flip, so the words must be read to do better (in the plain task a language-blind agent gets ~0.8)."""
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        u: Any = self.env.unwrapped
+        front = u.grid.get(*u.front_pos)
+        if (
+            not terminated
+            and front is not None
+            and front.type in TYPES
+            and tuple(u.front_pos) not in {tuple(p) for p in u.instrs.desc.obj_poss}
+        ):
+            terminated = True
+        return obs, reward, terminated, truncated, info
+
+
 class ThreeActions(gym.ActionWrapper):
     """MiniGrid's first three actions only (turn left, turn right, go forward), for every method alike."""
 
@@ -104,17 +159,27 @@ class ThreeActions(gym.ActionWrapper):
         return action
 
 
-def vector_env(n: int, held_out: bool = False) -> gym.vector.SyncVectorEnv:
+def vector_env(
+    n: int, held_out: bool = False, words: str = "true", strict: bool = False
+) -> gym.vector.SyncVectorEnv:
+    """`n` envs of the training missions (or the held-out ones), the mission told as it is (`words="true"`);
+    or all missions, `"paraphrased"` (`Paraphrased`) or `"misled"` (`Misled`). `strict`: `WrongObjectEnds`."""
+
     def one() -> gym.Env:
-        return ThreeActions(Missions(PixelsAndWords(llmrl.make(ENV)), held_out))
+        env = llmrl.make(ENV)
+        if strict:
+            env = WrongObjectEnds(env)
+        if words != "true":
+            return ThreeActions(PixelsAndWords({"paraphrased": Paraphrased, "misled": Misled}[words](env)))
+        return ThreeActions(Missions(PixelsAndWords(env), held_out))
 
     return gym.vector.SyncVectorEnv([one] * n)
 
 
 def build(method: str, args: argparse.Namespace, seed: int) -> tuple[PPO, Any]:
     """(agent, the wrapping that turns a `vector_env` into the agent's observations)."""
-    env = vector_env(args.envs)
-    settings = dict(PPO_SETTINGS, n_steps=args.n_steps, n_epochs=args.epochs)
+    env = vector_env(args.envs, strict=args.strict)
+    settings = dict(PPO_SETTINGS, n_steps=args.n_steps, n_epochs=args.epochs, learning_rate=args.lr)
     if method in ("conv", "untrained"):
         return PPO(env, seed=seed, **settings), lambda e: e
     llm = HFLLM.from_gguf(
@@ -128,8 +193,11 @@ def build(method: str, args: argparse.Namespace, seed: int) -> tuple[PPO, Any]:
     return PPO(policy.wrap(env), policy=policy, seed=seed, **settings), policy.wrap
 
 
-def success(agent: PPO, wrap: Any, held_out: bool, n: int, seed: int) -> dict[str, float]:
-    env = wrap(vector_env(8, held_out))
+def success(
+    agent: PPO, wrap: Any, args: argparse.Namespace, held_out: bool, seed: int, words: str = "true"
+) -> dict[str, float]:
+    env = wrap(vector_env(8, held_out, words, args.strict))
+    n = args.eval
     res = evaluate(agent, env, n_episodes=n, deterministic=False, seed=seed)
     env.close()
     returns = np.asarray(res.returns)
@@ -138,8 +206,8 @@ def success(agent: PPO, wrap: Any, held_out: bool, n: int, seed: int) -> dict[st
 
 def bench_compare(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"env": ENV, "steps": args.steps, "seeds": args.seeds, "envs": args.envs,
-                           "ppo": dict(PPO_SETTINGS, n_steps=args.n_steps, n_epochs=args.epochs),
-                           "held_out": sorted(HELD_OUT), "tokens": args.tokens, "dtype": args.dtype, **provenance()}  # fmt: skip
+                           "ppo": dict(PPO_SETTINGS, n_steps=args.n_steps, n_epochs=args.epochs, learning_rate=args.lr),
+                           "held_out": sorted(HELD_OUT), "strict": args.strict, "tokens": args.tokens, "dtype": args.dtype, **provenance()}  # fmt: skip
     for seed in args.seeds:
         for method in args.methods:
             with tempfile.TemporaryDirectory() as tmp:
@@ -155,11 +223,13 @@ def bench_compare(args: argparse.Namespace) -> dict[str, Any]:
                     row = {"train_wall_s": round(wall, 1), "steps_per_s": round(agent.num_timesteps / wall, 2),
                            "load": os.getloadavg()[0],
                            "training_success": rolling(steps, succ, every=max(args.steps // 8, 1))}  # fmt: skip
-                body = agent.model.body
+                body = getattr(agent.model, "body", None)  # the LLM policies' module
                 if body is not None:
                     row["metrics"] = {k: round(v, 2) for k, v in body.metrics().items()}
-                row["train_missions"] = success(agent, wrap, False, args.eval, 1000 + seed)
-                row["held_out_missions"] = success(agent, wrap, True, args.eval, 2000 + seed)
+                row["train_missions"] = success(agent, wrap, args, False, 1000 + seed)
+                row["held_out_missions"] = success(agent, wrap, args, True, 2000 + seed)
+                row["paraphrased_missions"] = success(agent, wrap, args, False, 3000 + seed, "paraphrased")
+                row["misled_missions"] = success(agent, wrap, args, False, 3000 + seed, "misled")
                 out[f"{method}/seed{seed}"] = row
                 print(method, seed, json.dumps(row), flush=True)
                 del agent, wrap
@@ -227,9 +297,14 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=2)
     parser.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
     parser.add_argument("--eval", type=int, default=40, help="evaluation episodes per mission split")
+    parser.add_argument("--lr", type=float, default=PPO_SETTINGS["learning_rate"])
+    parser.add_argument("--strict", action="store_true", help="facing the wrong object ends the episode")
+    parser.add_argument(
+        "--threads", type=int, default=2, help="torch threads (1 on a machine shared with others)"
+    )
     parser.add_argument("--out", default=None, help="write the JSON here too")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     result = bench_compare(args) if args.what == "compare" else bench_speed(args)
     text = json.dumps(result, indent=1)
     print(text)

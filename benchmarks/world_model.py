@@ -493,9 +493,11 @@ def dyna_run(model: Any, seed: int, args: argparse.Namespace) -> dict[str, float
 
     env = features_env()
     if model is not None:
-        env = Dyna(env, model, ratio=args.dyna_ratio, min_confidence=args.dyna_gate, seed=seed)
+        env = Dyna(env, model, ratio=args.dyna_ratio, horizon=args.dyna_horizon, min_confidence=args.dyna_gate,
+                   seed=seed)  # fmt: skip
     fraction = args.dyna_fraction if model is not None else 0.0
-    agent = llmrl.DQN(env, seed=seed, imagined_fraction=fraction, **DYNA_DQN)
+    agent = llmrl.DQN(env, seed=seed, imagined_fraction=fraction, gradient_steps=args.dyna_gradient_steps,
+                      **DYNA_DQN)  # fmt: skip
     evaluation = features_env()
     t0, reached, curve = time.perf_counter(), float("nan"), []
 
@@ -523,6 +525,7 @@ def stage_dyna(work: Path, args: argparse.Namespace, results: dict) -> None:
     from llmrl.roles.world_model import SimulatorModel
 
     out: dict[str, Any] = {"settings": {**DYNA_DQN, "ratio": args.dyna_ratio, "fraction": args.dyna_fraction,
+                                        "horizon": args.dyna_horizon, "gradient_steps": args.dyna_gradient_steps,
                                         "gate": args.dyna_gate, "max_steps": args.dyna_steps}}  # fmt: skip
     llm = None
     for name in args.dyna_models.split(","):
@@ -601,6 +604,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dyna-steps", type=int, default=60_000, help="env steps at most per DQN run")
     p.add_argument("--dyna-ratio", type=float, default=1.0, help="imagined transitions per real env step")
     p.add_argument("--dyna-fraction", type=float, default=0.5, help="share of each batch that is imagined")
+    p.add_argument("--dyna-horizon", type=int, default=1, help="steps of each imagined rollout")
+    p.add_argument(
+        "--dyna-gradient-steps", type=int, default=1, help="DQN gradient steps per training round (every run)"
+    )
     p.add_argument("--dyna-gate", type=float, default=0.0, help="min confidence of an imagined transition")
     args = p.parse_args(argv)
     import torch

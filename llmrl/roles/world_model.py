@@ -770,10 +770,13 @@ class Dyna(RoleWrapper):
 
     It remembers the distinct state texts the real env visited (`info["text"]`, the last `memory` of
     them) and owes `ratio` imagined transitions per real env step. `llmrl_imagined()` (the agent calls it
-    after each step) draws that many (remembered state, random action) pairs, asks the model in one
-    batch, and returns the predictions that are valid and at least `min_confidence` (the gate) as arrays:
-    obs / next_obs through `features` (default: the `TextFeatures` wrapper's below, so real and imagined
-    observations are made alike), actions, rewards, terminated. The env itself is unchanged.
+    after each step) starts that many / `horizon` rollouts from remembered states and runs each up to
+    `horizon` steps with random actions, one batched model call per step, continuing from the predicted
+    next state (so imagination reaches states the agent has not visited yet; a rollout ends at a predicted
+    end, an invalid answer or the gate). It returns the predictions that are valid and at least
+    `min_confidence` (the gate) as arrays: obs / next_obs through `features` (default: the `TextFeatures`
+    wrapper's below, so real and imagined observations are made alike), actions, rewards, terminated.
+    The env itself is unchanged.
     A model with `observe(env)` (`SimulatorModel`, the true dynamics) is shown every real state.
     """
 
@@ -783,6 +786,7 @@ class Dyna(RoleWrapper):
         model: WorldModel,
         *,
         ratio: float = 1.0,
+        horizon: int = 1,
         min_confidence: float = 0.0,
         features: Callable[[str], np.ndarray] | None = None,
         actions: Sequence[str] | None = None,
@@ -790,12 +794,18 @@ class Dyna(RoleWrapper):
         seed: int = 0,
     ) -> None:
         super().__init__(env)
-        if not (ratio > 0 and math.isfinite(ratio)) or memory < 1 or not 0.0 <= min_confidence <= 1.0:
+        if (
+            not (ratio > 0 and math.isfinite(ratio))
+            or memory < 1
+            or horizon < 1
+            or not 0.0 <= min_confidence <= 1.0
+        ):
             raise ConfigError(
-                f"Dyna needs ratio > 0, memory >= 1 and min_confidence in [0, 1]; got {ratio}, {memory}, "
-                f"{min_confidence}"
+                f"Dyna needs ratio > 0, horizon >= 1, memory >= 1 and min_confidence in [0, 1]; got {ratio}, "
+                f"{horizon}, {memory}, {min_confidence}"
             )
         self.model, self.ratio, self.min_confidence, self.memory = model, float(ratio), min_confidence, memory
+        self.horizon = int(horizon)
         self.words = tuple(actions) if actions is not None else _action_words(env)
         self.features = features if features is not None else _features_below(env)
         self._observe = getattr(model, "observe", None)
@@ -830,22 +840,33 @@ class Dyna(RoleWrapper):
             return None
         self._owed -= n
         known = list(self._states)
-        states = [known[int(i)] for i in self.rng.integers(len(known), size=n)]
-        action_ids = self.rng.integers(len(self.words), size=n)
-        p = self.model.predict(states, [self.words[int(a)] for a in action_ids])
-        keep = np.flatnonzero(p.valid & (p.confidences >= self.min_confidence))
-        self.counters["asked"] += n
-        self.counters["invalid"] += int((~p.valid).sum())
-        self.counters["gated"] += int(p.valid.sum()) - len(keep)
-        self.counters["imagined"] += len(keep)
-        if not len(keep):
+        states = [known[int(i)] for i in self.rng.integers(len(known), size=math.ceil(n / self.horizon))]
+        got: dict[str, list] = {"states": [], "actions": [], "rewards": [], "next": [], "terminated": []}
+        for _ in range(self.horizon):
+            action_ids = self.rng.integers(len(self.words), size=len(states))
+            p = self.model.predict(states, [self.words[int(a)] for a in action_ids])
+            keep = np.flatnonzero(p.valid & (p.confidences >= self.min_confidence))
+            self.counters["asked"] += len(states)
+            self.counters["invalid"] += int((~p.valid).sum())
+            self.counters["gated"] += int(p.valid.sum()) - len(keep)
+            for i in keep[: n - len(got["states"])]:
+                got["states"].append(states[i])
+                got["actions"].append(int(action_ids[i]))
+                got["rewards"].append(float(p.rewards[i]))
+                got["next"].append(str(p.next_states[i]))  # valid: not None
+                got["terminated"].append(bool(p.dones[i]))
+            states = [str(p.next_states[i]) for i in keep if not p.dones[i]]  # the rollouts go on
+            if not states or len(got["states"]) >= n:
+                break
+        self.counters["imagined"] += len(got["states"])
+        if not got["states"]:
             return None
         return {
-            "obs": np.stack([self.features(states[i]) for i in keep]),
-            "actions": action_ids[keep].astype(np.int64),
-            "rewards": p.rewards[keep].astype(np.float32),
-            "next_obs": np.stack([self.features(str(p.next_states[i])) for i in keep]),  # valid: not None
-            "terminated": p.dones[keep].astype(bool),
+            "obs": np.stack([self.features(s) for s in got["states"]]),
+            "actions": np.array(got["actions"], dtype=np.int64),
+            "rewards": np.array(got["rewards"], dtype=np.float32),
+            "next_obs": np.stack([self.features(s) for s in got["next"]]),
+            "terminated": np.array(got["terminated"], dtype=bool),
         }
 
     def llmrl_metrics(self) -> dict[str, float]:

@@ -498,6 +498,31 @@ def test_dyna_imagines_the_true_dynamics_from_visited_states():
     assert env.llmrl_metrics()["dyna/imagined"] == 40.0
 
 
+def test_dyna_rollouts_continue_from_predicted_states():
+    from llmrl.envs.transitions import MINIGRID_ACTIONS, FullMiniGridDescriber
+    from llmrl.roles.world_model import Dyna
+
+    env = Dyna(_doorkey_features_env(), SimulatorModel(FullMiniGridDescriber(), MINIGRID_ACTIONS), ratio=8.0,
+               horizon=8, seed=1)  # fmt: skip
+    obs, _ = env.reset(seed=0)
+    seen = [obs]
+    for _ in range(5):
+        obs, *_ = env.step(0)  # turning in place: four real states at most
+        seen.append(obs)
+    got = env.llmrl_imagined()
+    assert (
+        got is not None and len(got["actions"]) == 40
+    )  # 5 rollouts of 8 steps (none ends: no goal in reach)
+    # step by step across the rollouts: rollout r's step t is row 5t + r, and starts where step t - 1 ended
+    for r in range(5):
+        for t in range(1, 8):
+            assert np.array_equal(got["obs"][5 * t + r], got["next_obs"][5 * (t - 1) + r])
+    # a random walk leaves the real states behind
+    assert any(not any(np.array_equal(o, s) for s in seen) for o in got["obs"])
+    with pytest.raises(ConfigError, match="horizon"):
+        Dyna(_doorkey_features_env(), SimulatorModel(FullMiniGridDescriber(), MINIGRID_ACTIONS), horizon=0)
+
+
 def test_dyna_gates_on_confidence_and_drops_invalid_predictions(grid_data):
     from llmrl.roles.world_model import Dyna
 
