@@ -144,6 +144,7 @@ def stage_zeroshot(work: Path, n: int, results: dict) -> None:
             manual=manual(env_id),
             target=target,
             max_tokens=48 if target == "diff" else 96,
+            describer=Hints() if target == "diff" else None,
         )
         t0 = time.perf_counter()
         held_out = sample(test, n, 3)
@@ -186,11 +187,28 @@ def finetuned_llamacpp(work: Path) -> Any:
     return llamacpp_with_lora(embedded_gguf_path(), work / "wm-lora.gguf", n_threads=1)
 
 
+class Hints:
+    """The derived lines of both fully observable texts (the Grid's `around`, DoorKey's `ahead`), for the one
+    model fine-tuned on both: each state text gets its own env's line back."""
+
+    derived = ("around", "ahead")
+
+    def __init__(self) -> None:
+        import llmrl
+        from llmrl.envs.transitions import FullGridDescriber, FullMiniGridDescriber
+
+        self.grid = FullGridDescriber(llmrl.make("llmrl/Grid-v0").unwrapped)  # type: ignore[arg-type]
+        self.doorkey = FullMiniGridDescriber(size=(5, 5))
+
+    def derive(self, core: str) -> str:
+        return (self.grid if core.startswith("map: ") else self.doorkey).derive(core)
+
+
 def finetuned_model(work: Path, llm: Any, *, confidence: bool = True) -> Any:
     from llmrl.roles.world_model import LLMWorldModel
 
     meta = json.loads((work / "adapters.json").read_text())
-    wm = LLMWorldModel(llm, target="diff", max_tokens=48, confidence=confidence)
+    wm = LLMWorldModel(llm, target="diff", max_tokens=48, confidence=confidence, describer=Hints())
     wm.examples, wm._head = [], meta["head"]  # the fine-tuned prompt: no examples
     return wm
 
@@ -211,7 +229,7 @@ def stage_finetune(work: Path, args: argparse.Namespace, results: dict) -> None:
 
         load_lora(llm.module, args.resume)
         before = json.loads((args.resume.parent / "results.json").read_text())["finetune"]["fit"]
-    wm = LLMWorldModel(llm, target="diff", max_tokens=48, confidence=False)
+    wm = LLMWorldModel(llm, target="diff", max_tokens=48, confidence=False, describer=Hints())
     grid = distinct(load(work, "grid", "train"))
     door = distinct(load(work, "doorkey", "train"))
     if args.fit_doorkey:
@@ -230,7 +248,7 @@ def stage_finetune(work: Path, args: argparse.Namespace, results: dict) -> None:
 
     report = wm.fit(
         train, epochs=args.epochs, lr=args.lr, rank=16, layers=args.layers, batch_size=args.batch_size,
-        max_minutes=args.fit_minutes, log=log,
+        targets=args.targets.split(","), max_minutes=args.fit_minutes, log=log,
     )  # fmt: skip
     save_lora(llm.module, work / "wm-lora.safetensors")
     export_lora_gguf(llm.module, work / "wm-lora.gguf")
@@ -238,7 +256,7 @@ def stage_finetune(work: Path, args: argparse.Namespace, results: dict) -> None:
     (work / "fit_pairs.json").write_text(json.dumps([[t.state, t.action] for t in train]))
     fit = {
         **report.__dict__, "load_seconds": load_s, "grid_pairs": len(grid), "doorkey_pairs": len(door),
-        "grid_repeat": args.grid_repeat, "change_repeat": args.change_repeat,
+        "grid_repeat": args.grid_repeat, "change_repeat": args.change_repeat, "targets": args.targets,
         "dtype": args.dtype, "threads": args.threads, "load_average_end": os.getloadavg()[0],
     }  # fmt: skip
     if before:
@@ -596,6 +614,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--layers", type=int, default=6, help="decoder layers (from the top) that get adapters")
     p.add_argument("--fit-minutes", type=float, default=30.0)
+    p.add_argument(
+        "--targets", default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", help="linears adapted"
+    )
     p.add_argument("--resume", type=Path, default=None, help="adapters (.safetensors) to keep training")
     p.add_argument("--plan-episodes", type=int, default=6)
     p.add_argument("--plan-max-steps", type=int, default=40)

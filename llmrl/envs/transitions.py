@@ -8,7 +8,10 @@
 Two kinds of state text:
 - fully observable (`FullGridDescriber`, `FullMiniGridDescriber`): one `name: value` line per part of the
   state (the agent, what it carries, each object, the walls), so the next state follows from this one and
-  the action, and a state *difference* is just the lines that changed (`state_diff` / `apply_diff`);
+  the action, and a state *difference* is just the lines that changed (`state_diff` / `apply_diff`).
+  With `hints=True` (the default) a last line names what is next to the agent (`around:` on the Grid,
+  `ahead:` on MiniGrid). It is *derived*: `describer.derive(text without it)` adds it back, so a world
+  model reads it but is taught and asked only the other lines (`describer.derived` names it);
 - the agent's egocentric partial view (`EgocentricDescriber`, the default MiniGrid text): part of the next
   state can be unknowable (an object that comes into view), so each transition records `predictable`:
   False when the next view shows an object the current view did not.
@@ -51,6 +54,7 @@ __all__ = [
     "split",
     "state_diff",
     "apply_diff",
+    "strip_derived",
     "NO_CHANGE",
     "MiniGridTextFeatures",
     "TextFeatures",
@@ -95,28 +99,65 @@ def action_names(env: gym.Env) -> tuple[str, ...]:
 # -- fully observable describers --------------------------------------------------------------------
 
 
+def _derive(text: str, derived: tuple[str, ...], line: Callable[[dict[str, str]], str]) -> str:
+    """`text` with its derived line (`derived[0]`) put last, computed from the other lines by `line`."""
+    lines = _lines(text)
+    if any(k in lines for k in derived):
+        raise ConfigError(f"derive() takes a state without its derived lines {derived}")
+    return f"{text}\n{derived[0]}: {line(lines)}"
+
+
+def strip_derived(text: str, derived: Sequence[str]) -> str:
+    """`text` without its derived lines (those named in `derived`)."""
+    if not derived:
+        return text
+    return "\n".join(ln for ln in text.split("\n") if ln.partition(": ")[0] not in derived)
+
+
 class FullGridDescriber(SnapshotDescriber):
-    """The whole Grid in two lines: the map (rows top to bottom) and the cat's cell.
+    """The whole Grid: the map (rows top to bottom), the cat's cell and (hints=True) what is around it.
 
         map: ...G/.#.P/S...
         cat: column 1, row 1
+        around: up free, right free, down edge, left edge
 
-    Columns count from the left and rows from the bottom, from 1, as in `GridDescriber`.
+    Columns count from the left and rows from the bottom, from 1, as in `GridDescriber`. `around` says,
+    for each move, what the cell there holds: free, wall, goal, pit, or edge (off the map).
     """
 
     family = "grid"
+    _CELLS = {"#": "wall", "G": "goal", "P": "pit"}
+    _MOVES = (("up", -1, 0), ("right", 0, 1), ("down", 1, 0), ("left", 0, -1))
 
-    def __init__(self, env: GridEnv) -> None:
+    def __init__(self, env: GridEnv, *, hints: bool = True) -> None:
         super().__init__()
         self._env = env
         self._map = "/".join("".join(row) for row in env.grid)
+        self.derived: tuple[str, ...] = ("around",) if hints else ()
 
     def snapshot(self, env: gym.Env | None, obs: Any) -> tuple[int, int]:
         return divmod(int(obs), self._env.width)
 
     def text(self, snap: tuple[int, int]) -> str:
         r, c = snap
-        return f"map: {self._map}\ncat: column {c + 1}, row {self._env.height - r}"
+        core = f"map: {self._map}\ncat: column {c + 1}, row {self._env.height - r}"
+        return self.derive(core) if self.derived else core
+
+    def derive(self, core: str) -> str:
+        """`core` (the map and cat lines) with the `around` line added."""
+
+        def around(lines: dict[str, str]) -> str:
+            rows = lines["map"].split("/")
+            col, _, row = lines["cat"].removeprefix("column ").partition(", row ")
+            r, c = len(rows) - int(row), int(col) - 1
+            parts = []
+            for name, dr, dc in self._MOVES:
+                rr, cc = r + dr, c + dc
+                inside = 0 <= rr < len(rows) and 0 <= cc < len(rows[rr])
+                parts.append(f"{name} {self._CELLS.get(rows[rr][cc], 'free') if inside else 'edge'}")
+            return ", ".join(parts)
+
+        return _derive(core, ("around",), around)
 
 
 class FullMiniGridDescriber(SnapshotDescriber):
@@ -128,18 +169,58 @@ class FullMiniGridDescriber(SnapshotDescriber):
         yellow door: 2,1 locked
         goal: 3,3
         walls: 2,2 2,3
+        ahead: yellow key
 
-    `walls` lists the inner walls (the outer border is always wall). A carried object's line says
-    `carried`, so the set of lines never changes within an episode. Objects with the same name are
-    numbered (`blue ball 2`).
+    `walls` lists the inner walls (the outer border is always wall; the grid's size is the describer's
+    `size`, read from the env). A carried object's line says `carried`, so the set
+    of lines never changes within an episode. Objects with the same name are numbered (`blue ball 2`).
+    `ahead` (hints=True) names what is in the cell the agent faces: nothing, wall, or an object's line
+    name (a door with its state).
     """
 
     family = "minigrid"
+
+    def __init__(self, *, hints: bool = True, size: tuple[int, int] | None = None) -> None:
+        super().__init__()
+        self.derived: tuple[str, ...] = ("ahead",) if hints else ()
+        self.size = size
+        """The grid's (width, height), outer walls included; read from the env at each snapshot, needed by
+        `derive`."""
+
+    def text(self, snap: tuple[str, ...]) -> str:
+        core = "\n".join(snap)
+        return self.derive(core) if self.derived else core
+
+    def derive(self, core: str) -> str:
+        """`core` (the lines above `ahead`) with the `ahead` line added."""
+        if self.size is None:
+            raise ConfigError(
+                "FullMiniGridDescriber.derive needs the grid's size: pass size=(width, height) or describe a "
+                "state first"
+            )
+        width, height = self.size
+
+        def ahead(lines: dict[str, str]) -> str:
+            cell, _, facing = lines["agent"].partition(" facing ")
+            x, y = (int(v) for v in cell.split(","))
+            dx, dy = ((1, 0), (0, 1), (-1, 0), (0, -1))[_DIRECTIONS.index(facing)]
+            x, y = x + dx, y + dy
+            here = f"{x},{y}"
+            if not (0 < x < width - 1 and 0 < y < height - 1) or here in lines["walls"].split():
+                return "wall"
+            for name, value in lines.items():
+                where, _, state = value.partition(" ")
+                if name not in ("agent", "carrying", "walls") and where == here:
+                    return f"{name} {state}".strip()
+            return "nothing"
+
+        return _derive(core, ("ahead",), ahead)
 
     def snapshot(self, env: gym.Env | None, obs: Any) -> tuple[str, ...]:
         if env is None:
             raise ConfigError("FullMiniGridDescriber reads the env's state; pass the env")
         u: Any = env.unwrapped
+        self.size = (int(u.grid.width), int(u.grid.height))
         x, y = (int(v) for v in u.agent_pos)
         carried = u.carrying
         lines = [
@@ -177,9 +258,6 @@ class FullMiniGridDescriber(SnapshotDescriber):
             lines.append(f"{name}{'' if seen[name] == 1 else f' {seen[name]}'}: {value}")
         lines.append(f"walls: {' '.join(walls) if walls else 'none'}")
         return tuple(lines)
-
-    def text(self, snap: tuple[str, ...]) -> str:
-        return "\n".join(snap)
 
 
 class EgocentricDescriber(MiniGridDescriber):
@@ -393,6 +471,8 @@ class MiniGridTextFeatures:
                 for cell in value.split():
                     if cell != "none":
                         self._put(out, "wall", cell)
+            elif name == "ahead":
+                continue  # derived from the lines above
             elif value != "carried":
                 cell, _, state = value.partition(" ")
                 kind = next(

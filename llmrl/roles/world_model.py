@@ -32,11 +32,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from llmrl.envs.transitions import Transition, apply_diff, state_diff
+from llmrl.envs.transitions import Transition, apply_diff, state_diff, strip_derived
 from llmrl.errors import ConfigError
 from llmrl.llm.base import LLM
 from llmrl.llm.common import check_capabilities
-from llmrl.llm.lora import add_lora
+from llmrl.llm.lora import LORA_TARGETS, add_lora
 from llmrl.roles.base import RoleWrapper
 
 __all__ = [
@@ -133,8 +133,11 @@ def _keys(text: str) -> list[str] | None:
     return keys if len(keys) == len(lines) > 1 else None
 
 
-def _parse(completion: str, state: str, target: Target) -> tuple[str, float, bool] | None:
-    """(next state, reward, done) from a completion, or None when it does not follow the format."""
+def _parse(
+    completion: str, state: str, target: Target, derive: Callable[[str], str] | None = None
+) -> tuple[str, float, bool] | None:
+    """(next state, reward, done) from a completion, or None when it does not follow the format. `state`
+    is without its derived lines; `derive` adds them to the next state."""
     lines = completion.strip("\n").split("\n")
     r_at = next((i for i, ln in enumerate(lines) if ln.startswith("reward:")), None)
     if r_at is None or r_at + 1 >= len(lines) or not lines[r_at + 1].startswith("done:"):
@@ -161,6 +164,11 @@ def _parse(completion: str, state: str, target: Target) -> tuple[str, float, boo
         # a structured state must keep its lines: same names, same order
         if _keys(state) is not None and _keys(nxt) != _keys(state):
             return None
+    if derive is not None:
+        try:
+            nxt = derive(nxt)
+        except (ValueError, KeyError, IndexError, ConfigError):
+            return None
     return nxt, reward, done_word == "yes"
 
 
@@ -176,6 +184,9 @@ class LLMWorldModel(WorldModel):
     manual: a game manual put first (`llmrl.envs.manual(env_id)`). target: "full" next state or "diff"
         (only the changed `name: value` lines, merged into the state by code).
     max_tokens: the longest output; confidence: score each output (one more forward pass each).
+    describer: the states' describer, when its texts end in derived lines (`describer.derived`, e.g. the
+        `ahead:` hint of `FullMiniGridDescriber`): the model reads them, but is taught and asked only the
+        other lines, and `describer.derive` adds them to each prediction.
     """
 
     def __init__(
@@ -187,6 +198,7 @@ class LLMWorldModel(WorldModel):
         target: Target = "full",
         max_tokens: int = 96,
         confidence: bool = True,
+        describer: Any = None,
     ) -> None:
         if target not in ("full", "diff"):
             raise ConfigError(f"target must be 'full' or 'diff', got {target!r}")
@@ -200,6 +212,8 @@ class LLMWorldModel(WorldModel):
         self.max_tokens = int(max_tokens)
         self.confidence = bool(confidence)
         self.manual = manual
+        self.derived: tuple[str, ...] = tuple(getattr(describer, "derived", ()))
+        self._derive: Callable[[str], str] | None = describer.derive if self.derived else None
         self.examples = list(examples)
         head = (manual.strip() + "\n\n" if manual else "") + _INSTRUCTION + "\n\n"
         self._head = head + "".join(
@@ -216,7 +230,8 @@ class LLMWorldModel(WorldModel):
 
     def completion(self, tr: Transition) -> str:
         """The output the model should give for a transition (what fine-tuning teaches), ending in a blank line."""
-        body = state_diff(tr.state, tr.next_state) if self.target == "diff" else tr.next_state
+        state, nxt = strip_derived(tr.state, self.derived), strip_derived(tr.next_state, self.derived)
+        body = state_diff(state, nxt) if self.target == "diff" else nxt
         return f"{body}\nreward: {_format_reward(tr.reward)}\ndone: {'yes' if tr.terminated else 'no'}{_STOP}"
 
     # -- prediction --------------------------------------------------------------------------------
@@ -235,7 +250,7 @@ class LLMWorldModel(WorldModel):
             prompts = [self.prompt(s, a) for s, a in todo]
             outs = self.llm.generate(prompts, max_tokens=self.max_tokens, stop=[_STOP])
             for (s, a), p, out in zip(todo, prompts, outs):
-                parsed = _parse(out, s, self.target)
+                parsed = _parse(out, strip_derived(s, self.derived), self.target, self._derive)
                 conf = 0.0
                 if parsed is None:
                     self.counters["unparseable"] += 1
@@ -269,15 +284,17 @@ class LLMWorldModel(WorldModel):
         rank: int = 16,
         layers: int = 6,
         batch_size: int = 8,
+        targets: Sequence[str] = LORA_TARGETS,
         max_minutes: float | None = None,
         seed: int = 0,
         log: Callable[[dict[str, float]], None] | None = None,
     ) -> FitReport:
         """LoRA supervised fine-tuning on `transitions`: the loss is on the output tokens only.
 
-        Adapters (`llmrl.llm.lora.add_lora`: rank `rank`, alpha 2*rank) go on the value/output and MLP
-        linears of the last `layers` decoder layers; everything else is frozen, so gradients flow through
-        those layers only, and the adapters export to llama.cpp (`export_lora_gguf`). The frozen layers run
+        Adapters (`llmrl.llm.lora.add_lora`: rank `rank`, alpha 2*rank) go on the `targets` linears (by
+        default value/output and MLP; add "q_proj", "k_proj" to let attention learn where to look) of the
+        last `layers` decoder layers; everything else is frozen, so gradients flow through those layers
+        only, and the adapters export to llama.cpp (`export_lora_gguf`). The frozen layers run
         once per example (their output is kept), and the last layer and the output layer only at the rows
         that predict the answer: the exact loss of the whole model at ~1/10 of its cost on a CPU (a
         bfloat16 model, `HFLLM(..., dtype="bfloat16")`, halves it again; the adapters stay float32).
@@ -298,7 +315,7 @@ class LLMWorldModel(WorldModel):
         self.examples, self._head = [], _INSTRUCTION + "\n\n"  # the fine-tuned model needs no examples
         if self.manual:
             self._head = self.manual.strip() + "\n\n" + self._head
-        params = add_lora(module, rank=rank, layers=layers, seed=seed)
+        params = add_lora(module, rank=rank, layers=layers, targets=targets, seed=seed)
         t0 = time.perf_counter()
         tuner = _Tuner(module, tok, batch_size=batch_size)
         data = [
@@ -342,7 +359,7 @@ class LLMWorldModel(WorldModel):
             if stop:
                 break
         module.eval()
-        settings = (len(data), epochs, lr, rank, layers, seed, steps, self.target)
+        settings = (len(data), epochs, lr, rank, layers, tuple(targets), seed, steps, self.target)
         digest = hashlib.sha256(repr((settings, [d.ids[-8:] for d in data[:64]])).encode()).hexdigest()[:12]
         _rename(self.llm, f"+wm-lora-{digest}")
         self._memo.clear()
@@ -703,7 +720,8 @@ class WorldModelMonitor(RoleWrapper):
             raise ConfigError(f"shots and every must be >= 1, got {shots} and {every}")
         self.words = tuple(actions) if actions is not None else _action_words(env)
         self.llm, self.shots, self.every = llm, int(shots), int(every)
-        self.settings = {"target": target, "manual": manual, "max_tokens": max_tokens}
+        self.settings = {"target": target, "manual": manual, "max_tokens": max_tokens,
+                         "describer": _describer_below(env)}  # fmt: skip
         self.model: LLMWorldModel | None = None
         self.examples: list[Transition] = []
         self._texts: list[str | None] = [None] * self.num_envs
@@ -871,6 +889,16 @@ class Dyna(RoleWrapper):
 
     def llmrl_metrics(self) -> dict[str, float]:
         return {f"dyna/{k}": float(v) for k, v in self.counters.items()}
+
+
+def _describer_below(env: Any) -> Any:
+    """The describer of the first `WithText` in `env`'s chain (None when there is none)."""
+    e = env
+    while e is not None:
+        if getattr(e, "describer", None) is not None:
+            return e.describer
+        e = getattr(e, "env", None)
+    return None
 
 
 def _features_below(env: Any) -> Callable[[str], np.ndarray]:

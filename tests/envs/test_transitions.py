@@ -23,9 +23,13 @@ from llmrl.errors import ConfigError
 def test_grid_text_has_the_map_and_the_cat():
     env = llmrl.make("llmrl/Grid-v0", slip=0.0)
     data = collect(env, 50, seed=0)
-    assert data[0].state == "map: ...G/.#.P/S...\ncat: column 1, row 1"
+    assert (
+        data[0].state
+        == "map: ...G/.#.P/S...\ncat: column 1, row 1\naround: up free, right free, down edge, left edge"
+    )
     up = next(t for t in data if t.state == data[0].state and t.action == "up")
-    assert up.next_state.endswith("cat: column 1, row 2") and up.reward == -0.04 and not up.terminated
+    assert up.next_state.endswith("cat: column 1, row 2\naround: up free, right wall, down free, left edge")
+    assert up.reward == -0.04 and not up.terminated
     assert {t.episode for t in data} == set(range(data[-1].episode + 1))
 
 
@@ -47,11 +51,47 @@ def test_doorkey_full_text_follows_the_dynamics():
     assert isinstance(full_describer_for(env), FullMiniGridDescriber)
     data = collect(env, 400, seed=0)
     keys = [line.split(": ")[0] for line in data[0].state.split("\n")]
-    assert keys == ["agent", "carrying", "goal", "yellow door", "yellow key", "walls"]
+    assert keys == ["agent", "carrying", "goal", "yellow door", "yellow key", "walls", "ahead"]
     for t in data:  # the set of lines never changes, so every step has a difference
         state_diff(t.state, t.next_state)
     turns = [t for t in data if t.action == "turn right"]
     assert turns and all(state_diff(t.state, t.next_state).startswith("agent: ") for t in turns)
+
+
+def test_derived_lines_are_what_the_env_says_and_derive_puts_them_back():
+    pytest.importorskip("minigrid")
+    from llmrl.envs.transitions import FullGridDescriber, strip_derived
+
+    env = llmrl.make("MiniGrid-DoorKey-5x5-v0")
+    d = FullMiniGridDescriber()
+    obs, _ = env.reset(seed=3)
+    u = env.unwrapped
+    rng = np.random.default_rng(0)
+    kinds = set()
+    for _ in range(300):
+        text = d.text(d.snapshot(env, obs))
+        front = u.grid.get(*u.front_pos)
+        ahead = text.rpartition("ahead: ")[2]
+        kinds.add(ahead.split()[-1])
+        if front is None:
+            assert ahead == "nothing"
+        elif front.type == "wall":
+            assert ahead == "wall"
+        else:
+            assert front.type in ahead and (front.type != "door" or ahead.endswith(
+                "open" if front.is_open else "locked" if front.is_locked else "closed"))  # fmt: skip
+        assert d.derive(strip_derived(text, d.derived)) == text
+        obs, _, term, trunc, _ = env.step(int(rng.integers(6)))
+        if term or trunc:
+            obs, _ = env.reset(seed=int(rng.integers(100)))
+    assert {"wall", "nothing", "key"} <= kinds
+    with pytest.raises(ConfigError, match="size"):
+        FullMiniGridDescriber().derive("agent: 1,1 facing up\ncarrying: nothing\nwalls: none")
+    with pytest.raises(ConfigError, match="without its derived"):
+        d.derive(text)
+    grid = llmrl.make("llmrl/Grid-v0").unwrapped
+    plain = FullGridDescriber(grid, hints=False)
+    assert plain.derived == () and "around" not in plain.text((2, 0))
 
 
 def test_jsonl_round_trip_and_bad_lines(tmp_path):

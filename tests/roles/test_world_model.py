@@ -47,9 +47,12 @@ class OracleLLM(Backend):
     name = "oracle:v1"
     capabilities = frozenset({"generate", "score"})
 
-    def __init__(self, data: list[Transition], target: str = "full", garbage: frozenset[str] = frozenset()):
+    def __init__(self, data: list[Transition], target: str = "full", garbage: frozenset[str] = frozenset(),
+                 describer=None):  # fmt: skip
         super().__init__()
-        self.wm = LLMWorldModel(self, target=target, confidence=False)  # formats the answers
+        self.wm = LLMWorldModel(
+            self, target=target, confidence=False, describer=describer
+        )  # formats the answers
         self.answers = {(t.state, t.action): self.wm.completion(t) for t in data}
         self.garbage = garbage
         self.prompts: list[str] = []
@@ -90,6 +93,16 @@ def test_diff_target_is_only_the_changed_line():
     assert diff.startswith("cat: column") and "map:" not in diff
     wm = LLMWorldModel(OracleLLM(data, "diff"), target="diff")
     assert wm.completion(moved).startswith(diff + "\nreward: -0.04\ndone: no")
+
+
+def test_derived_lines_are_read_but_neither_taught_nor_asked(grid_data):
+    d = FullGridDescriber(grid().unwrapped)
+    moved = next(t for t in grid_data if t.state != t.next_state)
+    for target in ("full", "diff"):
+        wm = LLMWorldModel(OracleLLM(grid_data, target, describer=d), target=target, describer=d)
+        assert "around:" in wm.prompt(moved.state, moved.action) and "around:" not in wm.completion(moved)
+        acc = accuracy(wm, grid_data[:60])  # the answers lack the line; each prediction gets it back
+        assert acc["exact"] == 1.0 and acc["valid"] == 1.0
 
 
 def test_unparseable_predictions_are_counted_and_invalid(grid_data):
