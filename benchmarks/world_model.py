@@ -38,6 +38,7 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 DOORKEY = "MiniGrid-DoorKey-5x5-v0"
+GOTO = "BabyAI-GoToRedBallNoDists-v0"  # the BabyAI go-to task: an 8x8 room, the red ball somewhere in it
 PLAN_ACTIONS = ("turn left", "turn right", "move forward", "pick up", "toggle")
 
 
@@ -85,6 +86,7 @@ def stage_data(work: Path, n: int) -> None:
             env, n // 2, describer=d, policy=expert_policy(env, 0.3, 1), seed=10_000, source="expert"
         )
         sets[name] = rand + exp
+    sets["goto"] = collect(llmrl.make(GOTO), n, seed=20_000)  # random play
     for name, data in sets.items():
         train, test = split(data, test_fraction=0.25, seed=0)
         save_jsonl(train, work / f"{name}_train.jsonl")
@@ -199,9 +201,12 @@ class Hints:
 
         self.grid = FullGridDescriber(llmrl.make("llmrl/Grid-v0").unwrapped)  # type: ignore[arg-type]
         self.doorkey = FullMiniGridDescriber(size=(5, 5))
+        self.goto = FullMiniGridDescriber(size=(8, 8))
 
     def derive(self, core: str) -> str:
-        return (self.grid if core.startswith("map: ") else self.doorkey).derive(core)
+        if core.startswith("map: "):
+            return self.grid.derive(core)
+        return (self.doorkey if "\ngoal: " in core else self.goto).derive(core)  # only DoorKey has a goal
 
 
 def finetuned_model(work: Path, llm: Any, *, confidence: bool = True) -> Any:
@@ -230,16 +235,20 @@ def stage_finetune(work: Path, args: argparse.Namespace, results: dict) -> None:
         load_lora(llm.module, args.resume)
         before = json.loads((args.resume.parent / "results.json").read_text())["finetune"]["fit"]
     wm = LLMWorldModel(llm, target="diff", max_tokens=48, confidence=False, describer=Hints())
-    grid = distinct(load(work, "grid", "train"))
-    door = distinct(load(work, "doorkey", "train"))
+    sets = args.fit_sets.split(",")
+    grid = distinct(load(work, "grid", "train")) if "grid" in sets else []
+    door = distinct(load(work, "doorkey", "train")) if "doorkey" in sets else []
     if args.fit_doorkey:
         door = sample(door, args.fit_doorkey, 4)
+    goto = distinct(load(work, "goto", "train")) if "goto" in sets else []
+    if args.fit_goto:
+        goto = sample(goto, args.fit_goto, 4)
     # repeats: the Grid's few pairs, and the transitions that change something (most answers are "no change")
     changes = [t for t in door if t.state != t.next_state]
-    train = grid * args.grid_repeat + door + changes * (args.change_repeat - 1)
+    train = grid * args.grid_repeat + door + changes * (args.change_repeat - 1) + goto
     random.Random(0).shuffle(train)
     print(f"fine-tuning on {len(grid)} grid (x{args.grid_repeat}) + {len(door)} doorkey distinct transitions "
-          f"({len(changes)} that change the state, x{args.change_repeat})", flush=True)  # fmt: skip
+          f"({len(changes)} that change the state, x{args.change_repeat}) + {len(goto)} go-to", flush=True)  # fmt: skip
 
     def log(m: dict) -> None:
         print({k: round(v, 3) for k, v in m.items()}, f"load {os.getloadavg()[0]:.1f}", flush=True)
@@ -255,7 +264,7 @@ def stage_finetune(work: Path, args: argparse.Namespace, results: dict) -> None:
     (work / "adapters.json").write_text(json.dumps({"head": wm._head}))
     (work / "fit_pairs.json").write_text(json.dumps([[t.state, t.action] for t in train]))
     fit = {
-        **report.__dict__, "load_seconds": load_s, "grid_pairs": len(grid), "doorkey_pairs": len(door),
+        **report.__dict__, "load_seconds": load_s, "grid_pairs": len(grid), "doorkey_pairs": len(door), "goto_pairs": len(goto),
         "grid_repeat": args.grid_repeat, "change_repeat": args.change_repeat, "targets": args.targets,
         "dtype": args.dtype, "threads": args.threads, "load_average_end": os.getloadavg()[0],
     }  # fmt: skip
@@ -264,7 +273,7 @@ def stage_finetune(work: Path, args: argparse.Namespace, results: dict) -> None:
     results["finetune"] = {"fit": fit}
     print(f"fit: {fit}", flush=True)
     # the same answers from transformers and from llama.cpp (quantised base + the exported adapter)?
-    probe = sample(load(work, "doorkey", "test"), 4, 5) + sample(load(work, "grid", "test"), 2, 5)
+    probe = [t for name in sets for t in sample(load(work, name, "test"), 3, 5)]
     hf_out = llm.generate([wm.prompt(t.state, t.action) for t in probe], max_tokens=48, stop=["\n\n"])
     cpp = finetuned_llamacpp(work)
     cpp_out = cpp.generate([wm.prompt(t.state, t.action) for t in probe], max_tokens=48, stop=["\n\n"])
@@ -338,7 +347,7 @@ def stage_eval(work: Path, args: argparse.Namespace, results: dict) -> None:
     llm = finetuned_llamacpp(work)
     wm = finetuned_model(work, llm)
     seen = {tuple(p) for p in json.loads((work / "fit_pairs.json").read_text())}
-    for name in ("grid", "doorkey"):
+    for name in args.eval_sets.split(","):
         held_out = load(work, name, "test")
         test = sample(held_out, args.test_n, 3) if args.test_n else held_out
         t1 = time.perf_counter()
@@ -364,7 +373,7 @@ def stage_gate(work: Path, args: argparse.Namespace, results: dict) -> None:
     """Does the confidence (the model's probability of its own answer) tell right answers from wrong?"""
     llm = finetuned_llamacpp(work)
     wm = finetuned_model(work, llm, confidence=True)
-    for name in ("grid", "doorkey"):
+    for name in args.eval_sets.split(","):
         held_out = load(work, name, "test")
         test = sample(held_out, args.test_n, 3) if args.test_n else held_out
         p = wm.predict([t.state for t in test], [t.action for t in test])
@@ -385,60 +394,84 @@ def stage_gate(work: Path, args: argparse.Namespace, results: dict) -> None:
 # -- planning ----------------------------------------------------------------------------------------
 
 
-def doorkey_value(text: str, size: int = 5) -> float:
-    """Minus the steps to the next sub-goal (face the key, face the door, stand on the goal), read from
-    the fully observable text; a later phase is always worth more. Same function for every model."""
-    lines = dict(line.split(": ", 1) for line in text.split("\n"))
+def _steps(lines: dict[str, str], target: tuple, face: bool, blocked: set, size: int) -> int | None:
+    """Fewest actions (turns and moves) from the agent's pose to stand on `target` (face=False) or to face
+    it (face=True), avoiding the `blocked` cells and the outer wall; None when it cannot be reached."""
     pos, _, facing = lines["agent"].partition(" facing ")
     x, y = (int(v) for v in pos.split(","))
-    d = ("right", "down", "left", "up").index(facing)
-    key = next((v for k, v in lines.items() if k.endswith(" key")), "carried")
-    door_k = next(k for k in lines if k.endswith(" door"))
-    door_pos, _, door_state = lines[door_k].partition(" ")
-    walls = {tuple(int(v) for v in w.split(",")) for w in lines["walls"].split() if w != "none"}
-    goal = tuple(int(v) for v in lines["goal"].split(","))
-    dx_, dy_ = tuple(int(v) for v in door_pos.split(","))
-    blocked = set(walls)
-    if door_state != "open":
-        blocked.add((dx_, dy_))
-    if key != "carried":
-        blocked.add(tuple(int(v) for v in key.split(",")))
-    if door_state == "open":
-        target, face, phase = goal, False, 0
-    elif key == "carried":
-        target, face, phase = (dx_, dy_), True, 1
-    else:
-        target, face, phase = tuple(int(v) for v in key.split(",")), True, 2
     vec = ((1, 0), (0, 1), (-1, 0), (0, -1))
-    start = (x, y, d)
+    start = (x, y, ("right", "down", "left", "up").index(facing))
     dist = {start: 0}
     queue = deque([start])
     while queue:
         cx, cy, cd = queue.popleft()
         fx, fy = cx + vec[cd][0], cy + vec[cd][1]
         if (face and (fx, fy) == target) or (not face and (cx, cy) == target):
-            return -0.01 * (20 * phase + dist[(cx, cy, cd)])
+            return dist[(cx, cy, cd)]
         nxt = [(cx, cy, (cd - 1) % 4), (cx, cy, (cd + 1) % 4)]
         if 0 < fx < size - 1 and 0 < fy < size - 1 and (fx, fy) not in blocked:
             nxt.append((fx, fy, cd))
-        for s in nxt:
-            if s not in dist:
-                dist[s] = dist[(cx, cy, cd)] + 1
-                queue.append(s)
-    return -0.01 * (20 * phase + 50)
+        for st in nxt:
+            if st not in dist:
+                dist[st] = dist[(cx, cy, cd)] + 1
+                queue.append(st)
+    return None
 
 
-def run_planner(model: Any, seeds: range, max_steps: int, sim: Any | None) -> dict[str, float]:
+def _cell(value: str) -> tuple[int, int]:
+    return tuple(int(v) for v in value.split(" ")[0].split(","))  # type: ignore[return-value]
+
+
+def doorkey_value(text: str, size: int = 5) -> float:
+    """Minus the steps to the next sub-goal (face the key, face the door, stand on the goal), read from
+    the fully observable text; a later phase is always worth more. Same function for every model."""
+    lines = dict(line.split(": ", 1) for line in text.split("\n"))
+    key = next((v for k, v in lines.items() if k.endswith(" key")), "carried")
+    door_k = next(k for k in lines if k.endswith(" door"))
+    door_state = lines[door_k].partition(" ")[2]
+    blocked = {_cell(w) for w in lines["walls"].split() if w != "none"}
+    if door_state != "open":
+        blocked.add(_cell(lines[door_k]))
+    if key != "carried":
+        blocked.add(_cell(key))
+    if door_state == "open":
+        target, face, phase = _cell(lines["goal"]), False, 0
+    elif key == "carried":
+        target, face, phase = _cell(lines[door_k]), True, 1
+    else:
+        target, face, phase = _cell(key), True, 2
+    steps = _steps(lines, target, face, blocked, size)
+    return -0.01 * (20 * phase + (50 if steps is None else steps))
+
+
+def goto_value(text: str, size: int = 8) -> float:
+    """Minus the steps to face the red ball (BabyAI go-to), read from the fully observable text."""
+    lines = dict(line.split(": ", 1) for line in text.split("\n"))
+    if lines.get("red ball", "").split(" ")[0].count(",") != 1:
+        return -0.5  # a prediction that lost the ball (or has it carried): never a real state before success
+    ball = _cell(lines["red ball"])
+    steps = _steps(lines, ball, True, {ball}, size)
+    return -0.01 * (50 if steps is None else steps)
+
+
+PLANNING = {"doorkey": (DOORKEY, doorkey_value), "goto": (GOTO, goto_value)}
+"""The planning tasks: env id and the value of a state text (the same for every model)."""
+
+
+def run_planner(
+    model: Any, seeds: range, max_steps: int, sim: Any | None, task: str = "doorkey"
+) -> dict[str, float]:
     import llmrl
     from llmrl.envs import WithText
     from llmrl.envs.transitions import FullMiniGridDescriber
     from llmrl.roles.world_model import WorldModelPlanner
 
+    env_id, value = PLANNING[task]
     wins, steps_used = [], []
     t0 = time.perf_counter()
     for seed in seeds:
-        env = WithText(llmrl.make(DOORKEY), describer=FullMiniGridDescriber())
-        agent = WorldModelPlanner(model, PLAN_ACTIONS, depth=1, value=doorkey_value, seed=seed)
+        env = WithText(llmrl.make(env_id), describer=FullMiniGridDescriber())
+        agent = WorldModelPlanner(model, PLAN_ACTIONS, depth=1, value=value, seed=seed)
         obs, info = env.reset(seed=seed)
         won, k = False, 0
         for k in range(1, max_steps + 1):  # noqa: B007
@@ -467,21 +500,30 @@ def stage_plan(work: Path, args: argparse.Namespace, results: dict) -> None:
     from llmrl.roles.world_model import SimulatorModel
 
     seeds = range(1000, 1000 + args.plan_episodes)
-    sim = SimulatorModel(
-        FullMiniGridDescriber(),
-        ("turn left", "turn right", "move forward", "pick up", "drop", "toggle", "done"),
-    )
-    out = {"simulator": run_planner(sim, seeds, args.plan_max_steps, sim)}
-    print(f"planning, simulator: {out['simulator']}", flush=True)
     llm = finetuned_llamacpp(work)
     wm = finetuned_model(work, llm, confidence=False)
-    out["finetuned"] = run_planner(wm, seeds, args.plan_max_steps, None)
-    out["finetuned"]["unparseable"] = float(wm.counters["unparseable"])
-    out["finetuned"]["predictions"] = float(wm.counters["predictions"] - wm.counters["memo_hits"])
-    out["ratio"] = out["finetuned"]["success"] / max(out["simulator"]["success"], 1e-9)
-    results["plan"] = out
-    print(f"planning, fine-tuned model: {out['finetuned']}; ratio {out['ratio']:.2f}", flush=True)
-    save(results, work)
+    results.setdefault("plan", {})
+    for task in args.plan_envs.split(","):
+        sim = SimulatorModel(
+            FullMiniGridDescriber(),
+            ("turn left", "turn right", "move forward", "pick up", "drop", "toggle", "done"),
+        )
+        out = {"simulator": run_planner(sim, seeds, args.plan_max_steps, sim, task)}
+        print(f"planning {task}, simulator: {out['simulator']}", flush=True)
+        before = dict(wm.counters)
+        out["finetuned"] = run_planner(wm, seeds, args.plan_max_steps, None, task)
+        out["finetuned"]["unparseable"] = float(wm.counters["unparseable"] - before["unparseable"])
+        out["finetuned"]["predictions"] = float(
+            wm.counters["predictions"]
+            - wm.counters["memo_hits"]
+            - before["predictions"]
+            + before["memo_hits"]
+        )
+        out["ratio"] = out["finetuned"]["success"] / max(out["simulator"]["success"], 1e-9)
+        results["plan"][task] = out
+        print(f"planning {task}, fine-tuned model: {out['finetuned']}; ratio {out['ratio']:.2f}", flush=True)
+        save(results, work)
+    llm.close()
 
 
 # -- imagination (Dyna) -------------------------------------------------------------------------------------
@@ -601,6 +643,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--fit-doorkey", type=int, default=0, help="distinct DoorKey transitions to fine-tune on (0: all)"
     )
+    p.add_argument(
+        "--fit-sets", default="grid,doorkey", help="training sets to fine-tune on (grid, doorkey, goto)"
+    )
+    p.add_argument(
+        "--fit-goto", type=int, default=0, help="distinct go-to transitions to fine-tune on (0: all)"
+    )
+    p.add_argument("--eval-sets", default="grid,doorkey", help="held-out sets to score (grid, doorkey, goto)")
+    p.add_argument("--plan-envs", default="doorkey", help="planning tasks: doorkey, goto")
     p.add_argument("--grid-repeat", type=int, default=1, help="copies of each Grid pair in an epoch")
     p.add_argument(
         "--change-repeat", type=int, default=1, help="copies of each DoorKey pair that changes the state"

@@ -99,12 +99,12 @@ def action_names(env: gym.Env) -> tuple[str, ...]:
 # -- fully observable describers --------------------------------------------------------------------
 
 
-def _derive(text: str, derived: tuple[str, ...], line: Callable[[dict[str, str]], str]) -> str:
-    """`text` with its derived line (`derived[0]`) put last, computed from the other lines by `line`."""
+def _derive(text: str, name: str, value: Callable[[dict[str, str]], str]) -> str:
+    """`text` with the derived line `name` put last, its value computed from the other lines."""
     lines = _lines(text)
-    if any(k in lines for k in derived):
-        raise ConfigError(f"derive() takes a state without its derived lines {derived}")
-    return f"{text}\n{derived[0]}: {line(lines)}"
+    if name in lines:
+        raise ConfigError(f"derive() takes a state without its derived line {name!r}")
+    return f"{text}\n{name}: {value(lines)}"
 
 
 def strip_derived(text: str, derived: Sequence[str]) -> str:
@@ -157,7 +157,7 @@ class FullGridDescriber(SnapshotDescriber):
                 parts.append(f"{name} {self._CELLS.get(rows[rr][cc], 'free') if inside else 'edge'}")
             return ", ".join(parts)
 
-        return _derive(core, ("around",), around)
+        return _derive(core, "around", around)
 
 
 class FullMiniGridDescriber(SnapshotDescriber):
@@ -172,8 +172,8 @@ class FullMiniGridDescriber(SnapshotDescriber):
         ahead: yellow key
 
     `walls` lists the inner walls (the outer border is always wall; the grid's size is the describer's
-    `size`, read from the env). A carried object's line says `carried`, so the set
-    of lines never changes within an episode. Objects with the same name are numbered (`blue ball 2`).
+    `size`, read from the env). A carried object's line says `carried`, so the set of lines never changes
+    within an episode. Objects with the same name are numbered (`blue ball 2`).
     `ahead` (hints=True) names what is in the cell the agent faces: nothing, wall, or an object's line
     name (a door with its state).
     """
@@ -214,7 +214,7 @@ class FullMiniGridDescriber(SnapshotDescriber):
                     return f"{name} {state}".strip()
             return "nothing"
 
-        return _derive(core, ("ahead",), ahead)
+        return _derive(core, "ahead", ahead)
 
     def snapshot(self, env: gym.Env | None, obs: Any) -> tuple[str, ...]:
         if env is None:
