@@ -9,8 +9,10 @@ LoRA (Hu et al. 2021): y = W x + (alpha / r) B A x with A (r, in) random and B (
 starts at the base model. The GGUF export writes llama.cpp's adapter format (`general.type = adapter`,
 `adapter.lora.alpha`, tensors `blk.<i>.<name>.weight.lora_a|lora_b`), so a model fine-tuned through
 transformers (de-quantised from the embedded GGUF) answers on llama.cpp over its quantised base.
-By default only the value/output projections and the MLP are adapted: llama.cpp's GGUF conversion may
-permute the rows of q/k for its rotary layout, which an adapter trained in transformers' layout would miss.
+By default only the value/output projections and the MLP are adapted: llama.cpp's GGUF conversion
+permutes the rows of q/k for Llama-family models (its rotary layout), which an adapter trained in
+transformers' layout would miss. Gemma 3's GGUF keeps transformers' order, so its q/k adapters export as
+they are (the world model adapts them; `export_lora_gguf` refuses q/k for any other `arch`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ __all__ = ["LORA_TARGETS", "add_lora", "save_lora", "load_lora", "export_lora_gg
 
 LORA_TARGETS = ("v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 """Linear layers adapted by default (transformers names)."""
+_QK_AS_IS = frozenset({"gemma3"})
+"""GGUF architectures whose q/k rows are in transformers' order (checked against llama.cpp in the tests)."""
 _GGUF_NAMES = {
     "q_proj": "attn_q",
     "k_proj": "attn_k",
@@ -160,6 +164,12 @@ def export_lora_gguf(module: Any, path: str | Path, *, arch: str = "gemma3") -> 
     alphas = {m.alpha for _, m in found}
     if len(ranks) != 1 or len(alphas) != 1:
         raise ConfigError(f"one rank and alpha for every adapter, got ranks {ranks} and alphas {alphas}")
+    qk = sorted({n.rsplit(".", 1)[1] for n, _ in found} & {"q_proj", "k_proj"})
+    if qk and arch not in _QK_AS_IS:
+        raise ConfigError(
+            f"adapters on {qk} cannot be exported for arch={arch!r}: llama.cpp permutes q/k rows there; "
+            f"adapt {LORA_TARGETS} only (q/k export as they are for {sorted(_QK_AS_IS)})"
+        )
     writer = gguf.GGUFWriter(str(path), arch=arch)
     writer.add_type(gguf.GGUFType.ADAPTER)
     writer.add_string(gguf.Keys.Adapter.TYPE, "lora")

@@ -52,9 +52,13 @@ __all__ = [
     "accuracy",
     "WorldModelMonitor",
     "Dyna",
+    "WM_LORA_TARGETS",
 ]
 
 Target = Literal["full", "diff"]
+WM_LORA_TARGETS = ("q_proj", "k_proj", *LORA_TARGETS)
+"""What `LLMWorldModel.fit` adapts by default: attention's queries and keys too (they export to llama.cpp
+for Gemma 3 as they are: `tests/roles/test_world_model.py`)."""
 _INSTRUCTION = "Predict the next state, the reward and whether the episode ends."
 _STOP = "\n\n"
 
@@ -284,7 +288,7 @@ class LLMWorldModel(WorldModel):
         rank: int = 16,
         layers: int = 6,
         batch_size: int = 8,
-        targets: Sequence[str] = LORA_TARGETS,
+        targets: Sequence[str] = WM_LORA_TARGETS,
         max_minutes: float | None = None,
         seed: int = 0,
         log: Callable[[dict[str, float]], None] | None = None,
@@ -292,8 +296,8 @@ class LLMWorldModel(WorldModel):
         """LoRA supervised fine-tuning on `transitions`: the loss is on the output tokens only.
 
         Adapters (`llmrl.llm.lora.add_lora`: rank `rank`, alpha 2*rank) go on the `targets` linears (by
-        default value/output and MLP; add "q_proj", "k_proj" to let attention learn where to look) of the
-        last `layers` decoder layers; everything else is frozen, so gradients flow through those layers
+        default all of them, `WM_LORA_TARGETS`: with q/k adapted, attention learns where to look, which
+        the frozen q/k of `LORA_TARGETS` could not) of the last `layers` decoder layers; everything else is frozen, so gradients flow through those layers
         only, and the adapters export to llama.cpp (`export_lora_gguf`). The frozen layers run
         once per example (their output is kept), and the last layer and the output layer only at the rows
         that predict the answer: the exact loss of the whole model at ~1/10 of its cost on a CPU (a

@@ -410,6 +410,11 @@ def test_lora_saves_loads_and_exports_to_gguf(tiny_gemma, grid_data, tmp_path):
     assert bytes(r.fields["adapter.type"].parts[-1]) == b"lora"
     with pytest.raises(ConfigError, match="no LoRA adapters"):
         export_lora_gguf(HFLLM(tiny_gemma, device="cpu").module, tmp_path / "b.gguf")
+    qk = HFLLM(tiny_gemma, device="cpu").module
+    add_lora(qk, rank=2, layers=1, targets=("q_proj", "k_proj", "v_proj"))
+    export_lora_gguf(qk, tmp_path / "c.gguf")  # Gemma 3: q/k as they are
+    with pytest.raises(ConfigError, match="permutes q/k"):
+        export_lora_gguf(qk, tmp_path / "d.gguf", arch="llama")
 
 
 def test_llamacpp_adapter_needs_an_existing_file(tmp_path):
@@ -429,6 +434,7 @@ def test_adapter_exported_to_llamacpp_scores_like_transformers(tmp_path):
     from llmrl.llm.hf import HFLLM
     from llmrl.llm.llamacpp import embedded_gguf_path
     from llmrl.llm.lora import add_lora, export_lora_gguf, llamacpp_with_lora
+    from llmrl.roles.world_model import WM_LORA_TARGETS
 
     hf = HFLLM.from_gguf(device="cpu")
     prompt = "State:\nagent: 1,2 facing right\nAction: turn left\nNext:\n"
@@ -436,7 +442,8 @@ def test_adapter_exported_to_llamacpp_scores_like_transformers(tmp_path):
     base = hf.score(prompt, conts)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        for p in add_lora(hf.module, rank=16, layers=6):
+        # q/k too: llama.cpp keeps Gemma 3's q/k rows in transformers' order (no rotary permutation to undo)
+        for p in add_lora(hf.module, rank=16, layers=6, targets=WM_LORA_TARGETS):
             if p.shape[1] == 16:  # B (out, r): move away from the base model
                 p.copy_(torch.randn(p.shape, generator=g) * 0.02)
     export_lora_gguf(hf.module, tmp_path / "a.gguf")
