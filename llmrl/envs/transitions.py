@@ -169,13 +169,13 @@ class FullMiniGridDescriber(SnapshotDescriber):
         yellow door: 2,1 locked
         goal: 3,3
         walls: 2,2 2,3
-        ahead: yellow key
+        ahead: 2,2 wall
 
     `walls` lists the inner walls (the outer border is always wall; the grid's size is the describer's
     `size`, read from the env). A carried object's line says `carried`, so the set of lines never changes
     within an episode. Objects with the same name are numbered (`blue ball 2`).
-    `ahead` (hints=True) names what is in the cell the agent faces: nothing, wall, or an object's line
-    name (a door with its state).
+    `ahead` (hints=True) names the cell the agent faces and what is in it: nothing, wall, or an object's
+    line name (a door with its state); a successful `move forward` goes there.
     """
 
     family = "minigrid"
@@ -207,12 +207,12 @@ class FullMiniGridDescriber(SnapshotDescriber):
             x, y = x + dx, y + dy
             here = f"{x},{y}"
             if not (0 < x < width - 1 and 0 < y < height - 1) or here in lines["walls"].split():
-                return "wall"
+                return f"{here} wall"
             for name, value in lines.items():
                 where, _, state = value.partition(" ")
                 if name not in ("agent", "carrying", "walls") and where == here:
-                    return f"{name} {state}".strip()
-            return "nothing"
+                    return f"{here} {name} {state}".strip()
+            return f"{here} nothing"
 
         return _derive(core, "ahead", ahead)
 

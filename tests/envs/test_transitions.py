@@ -71,7 +71,8 @@ def test_derived_lines_are_what_the_env_says_and_derive_puts_them_back():
     for _ in range(300):
         text = d.text(d.snapshot(env, obs))
         front = u.grid.get(*u.front_pos)
-        ahead = text.rpartition("ahead: ")[2]
+        where, _, ahead = text.rpartition("ahead: ")[2].partition(" ")
+        assert where == "{},{}".format(*u.front_pos)
         kinds.add(ahead.split()[-1])
         if front is None:
             assert ahead == "nothing"
