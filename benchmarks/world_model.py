@@ -5,16 +5,21 @@ a planner use it?
     python benchmarks/world_model.py --stages zeroshot     # one stage; data and adapters are reused
 
 Stages (artifacts in --work, so a stage can be rerun alone):
-  data      transitions in words: the Grid (slip 0, fully observable), DoorKey-5x5 fully observable and
-            egocentric (random play + a scripted expert with 30% random actions), split by episode.
+  data      transitions in words: the Grid (slip 0), DoorKey-5x5 fully observable and egocentric (random
+            play + a scripted expert with 30% random actions), BabyAI-GoToRedBallNoDists fully observable
+            (random play), split by episode. The fully observable texts end in their hint line (`around:`,
+            `ahead:`), which the model reads but is never asked to write.
   zeroshot  the embedded model on llama.cpp, 3 examples + the manual, on held-out transitions.
-  finetune  LoRA on the embedded GGUF de-quantised through transformers, on the distinct training pairs
-            of the Grid and DoorKey (fully observable, state differences); the adapters are exported to
-            llama.cpp's GGUF adapter format (and checked to give the same answers there).
-  eval      the fine-tuned adapters on llama.cpp (quantised base), on held-out transitions.
+  finetune  LoRA (q/k/v/o + MLP of the last --layers blocks) on the embedded GGUF de-quantised through
+            transformers, on the distinct training pairs of --fit-sets (state differences); the adapters
+            are exported to llama.cpp's GGUF adapter format (and checked to give the same answers there).
+  eval      the fine-tuned adapters on llama.cpp (quantised base), on the held-out transitions of --eval-sets.
   gate      (not in the default list) the confidence of right vs wrong answers, and a 0.5 gate.
-  plan      DoorKey-5x5: one-step lookahead with a value function read from the state text, with the true
-            simulator vs the fine-tuned model; success over seeds.
+  plan      --plan-envs (DoorKey-5x5, BabyAI go-to): one-step lookahead with a value function read from the
+            state text, with the true simulator vs the fine-tuned model; success over seeds.
+  dyna      (not in the default list) DQN on DoorKey-5x5's text features with imagined rollouts
+            (--dyna-horizon, --dyna-ratio, --dyna-fraction) from no model, the true simulator or the
+            fine-tuned model: env steps to 90% greedy success.
 Accuracy = exact match of the whole next state; reward within 0.1; done exact. `no_change_baseline`
 is the accuracy of always answering "no change" on the same transitions. Results: --out (JSON) and
 a markdown table on stdout.

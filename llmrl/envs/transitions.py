@@ -277,7 +277,8 @@ def full_describer_for(env: gym.Env) -> SnapshotDescriber:
     if family == "grid":
         return FullGridDescriber(env.unwrapped)  # type: ignore[arg-type]
     if family == "minigrid":
-        return FullMiniGridDescriber()
+        u: Any = env.unwrapped
+        return FullMiniGridDescriber(size=(int(u.width), int(u.height)))
     raise ConfigError(f"no fully observable describer for the {family!r} family (Grid and MiniGrid have one)")
 
 

@@ -171,7 +171,7 @@ def _parse(
     if derive is not None:
         try:
             nxt = derive(nxt)
-        except (ValueError, KeyError, IndexError, ConfigError):
+        except (ValueError, KeyError, IndexError):  # a line the model garbled (a ConfigError is the user's)
             return None
     return nxt, reward, done_word == "yes"
 

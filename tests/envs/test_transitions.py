@@ -88,6 +88,7 @@ def test_derived_lines_are_what_the_env_says_and_derive_puts_them_back():
     assert {"wall", "nothing", "key"} <= kinds
     with pytest.raises(ConfigError, match="size"):
         FullMiniGridDescriber().derive("agent: 1,1 facing up\ncarrying: nothing\nwalls: none")
+    assert full_describer_for(env).size == (5, 5)  # ready to derive before any state is described
     with pytest.raises(ConfigError, match="without its derived line"):
         d.derive(text)
     grid = llmrl.make("llmrl/Grid-v0").unwrapped

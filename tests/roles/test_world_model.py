@@ -103,6 +103,14 @@ def test_derived_lines_are_read_but_neither_taught_nor_asked(grid_data):
         assert "around:" in wm.prompt(moved.state, moved.action) and "around:" not in wm.completion(moved)
         acc = accuracy(wm, grid_data[:60])  # the answers lack the line; each prediction gets it back
         assert acc["exact"] == 1.0 and acc["valid"] == 1.0
+    pytest.importorskip("minigrid")
+    from llmrl.envs.transitions import FullMiniGridDescriber
+
+    door = collect(llmrl.make("MiniGrid-DoorKey-5x5-v0"), 20, seed=0)
+    unsized = FullMiniGridDescriber()  # never shown a state: it cannot tell the border from the floor
+    wm = LLMWorldModel(OracleLLM(door, "diff", describer=unsized), target="diff", describer=unsized)
+    with pytest.raises(ConfigError, match="size"):  # a setup error is said, not counted as a bad answer
+        wm.predict([door[0].state], [door[0].action])
 
 
 def test_unparseable_predictions_are_counted_and_invalid(grid_data):
